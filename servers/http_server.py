@@ -1,0 +1,200 @@
+"""The HTTP transports: one FastAPI app speaking JSON (orjson) and MessagePack (msgpack),
+chosen per request by Content-Type, on uvicorn with uvloop and httptools.
+
+Routes follow TF Serving: `POST /v1/models/<model>:predict` with {"instances": [...]} ->
+{"predictions": [...]}, `GET /v1/models/<model>` for metadata, `GET /healthz` (200 SERVING
+once every model is loaded and warm, 503 before). Bodies are parsed by the codecs in
+`wiremark.payloads.rest`, not by pydantic on the request path; the pydantic schemas only
+document each model's request and response in the OpenAPI docs at /docs. Every prediction
+carries a `Server-Timing` header: decode, infer, encode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from wiremark.payloads import rest, schemas
+from wiremark.payloads.contract import JSON, MODEL_FAMILIES, MSGPACK, MSGPACK_ALIASES, Family
+from wiremark.payloads.errors import TooLarge, UnknownModel, WiremarkError, http_status
+from wiremark.payloads.timing import StageTimer
+
+from .runner import Runner
+from .service import ModelService
+
+log = logging.getLogger(__name__)
+
+REQUEST_SCHEMAS = {
+    Family.TABULAR: schemas.TabularRequest,
+    Family.DIGITS: schemas.DigitsRequest,
+    Family.FACES: schemas.FacesRequest,
+}
+RESPONSE_SCHEMAS = {
+    Family.TABULAR: schemas.ClassifyResponse,
+    Family.DIGITS: schemas.ClassifyResponse,
+    Family.FACES: schemas.FacesResponse,
+}
+
+
+def error_response(exc: WiremarkError) -> Response:
+    return Response(rest.dump_json(exc.to_dict()), status_code=http_status(exc), media_type=JSON)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"body of {declared} bytes exceeds the limit of {limit}", "body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"body exceeds the limit of {limit} bytes", "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(service: ModelService) -> FastAPI:
+    """The app for a service whose models may still be loading; the lifespan loads them."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        loading = asyncio.ensure_future(asyncio.to_thread(service.load))
+        loading.add_done_callback(_report_load_failure)
+        yield
+        if not loading.done():
+            loading.cancel()
+
+    def _report_load_failure(task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            service.error = task.exception()
+            log.error("loading models failed: %s", service.error)
+
+    app = FastAPI(
+        title="wiremark model server",
+        summary="Iris, MNIST and face models over JSON or MessagePack (TF Serving's REST shape).",
+        lifespan=lifespan,
+    )
+    delay_s = service.config.inject_delay_ms / 1000.0
+    limit = service.config.max_body_bytes
+
+    @app.exception_handler(WiremarkError)
+    async def _wiremark_error(request: Request, exc: WiremarkError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        body = {"error": "HTTPError", "message": str(exc.detail), "field": "path"}
+        return Response(rest.dump_json(body), status_code=exc.status_code, media_type=JSON)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> Response:
+        if service.ready:
+            return Response(b'{"status":"SERVING"}', media_type=JSON)
+        status = "FAILED" if service.error is not None else "NOT_SERVING"
+        return Response(rest.dump_json({"status": status}), status_code=503, media_type=JSON)
+
+    @app.get("/v1/models", tags=["models"])
+    async def models() -> Response:
+        return Response(rest.dump_json({"models": list(service.runners)}), media_type=JSON)
+
+    def add_predict_route(name: str, family: Family) -> None:
+        async def predict(request: Request) -> Response:
+            timer = StageTimer()
+            runner = service.runner(name)
+            body = await read_body(request, limit)
+            media = request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
+            with timer.stage("decode"):
+                batch = rest.decode_request(
+                    family, rest.parse_body(body, media), service.max_batch(runner)
+                )
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            prediction = await infer(runner, batch, timer)
+            with timer.stage("encode"):
+                if media in MSGPACK_ALIASES:
+                    content, out_type = (
+                        rest.dump_msgpack(rest.to_plain(rest.encode_prediction(prediction))),
+                        MSGPACK,
+                    )
+                else:
+                    content, out_type = rest.dump_json(rest.encode_prediction(prediction)), JSON
+            return Response(content, media_type=out_type, headers={"server-timing": timer.header()})
+
+        content = {m: {"schema": schemas.schema(REQUEST_SCHEMAS[family])} for m in (JSON, MSGPACK)}
+        app.add_api_route(
+            f"/v1/models/{name}:predict",
+            predict,
+            methods=["POST"],
+            tags=["predict"],
+            summary=f"Predict with {name}",
+            response_class=Response,
+            openapi_extra={
+                "requestBody": {"required": True, "content": content},
+                "responses": {
+                    "200": {
+                        "description": "predictions, in the request's media type",
+                        "content": {
+                            m: {"schema": schemas.schema(RESPONSE_SCHEMAS[family])}
+                            for m in (JSON, MSGPACK)
+                        },
+                    },
+                    **{
+                        str(code): {
+                            "description": text,
+                            "content": {JSON: {"schema": schemas.schema(schemas.ErrorBody)}},
+                        }
+                        for code, text in (
+                            (400, "invalid JSON or MessagePack"),
+                            (413, "batch or body above the limit"),
+                            (415, "unsupported Content-Type"),
+                            (422, "a value is wrong: shape, type, NaN, undecodable image"),
+                            (503, "models still loading"),
+                        )
+                    },
+                },
+            },
+        )
+
+    async def infer(runner: Runner, batch: Any, timer: StageTimer) -> Any:
+        if runner.offload:
+            return await run_in_threadpool(_timed_predict, runner, batch, timer)
+        return _timed_predict(runner, batch, timer)
+
+    @app.get("/v1/models/{model}", tags=["models"])
+    async def metadata(model: str) -> Response:
+        return Response(rest.dump_json(service.runner(model).metadata()), media_type=JSON)
+
+    for name in service.config.models:
+        add_predict_route(name, MODEL_FAMILIES[name])
+
+    @app.post("/v1/models/{model}:predict", include_in_schema=False)
+    async def unknown(model: str) -> Response:
+        raise UnknownModel(
+            f"no model named {model!r} is loaded (loaded: {', '.join(service.config.models)})",
+            "model",
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version="1", summary=app.summary, routes=app.routes)
+            components = spec.setdefault("components", {}).setdefault("schemas", {})
+            for model in (*REQUEST_SCHEMAS.values(), *RESPONSE_SCHEMAS.values(), schemas.ErrorBody):
+                for key, value in schemas.schema(model).get("$defs", {}).items():
+                    components.setdefault(key, value)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _timed_predict(runner: Runner, batch: Any, timer: StageTimer) -> Any:
+    with timer.stage("infer"):
+        return runner.predict(batch)

@@ -1,0 +1,143 @@
+"""The one interface every model implements, and the registry that builds them by name.
+
+A runner is built once per process: it loads its artefact, compiles its inference path
+(a `tf.function` with a fixed input signature, never `model.predict()` on the request
+path) and warms up. `predict(batch)` takes the decoded batch from `wiremark.payloads` and
+returns the prediction type of its family; bad input raises `InvalidInput`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+from wiremark.payloads.contract import DEFAULT_MAX_BATCH, Batch, Family, Prediction
+
+log = logging.getLogger(__name__)
+
+ARTEFACTS = Path(__file__).resolve().parent / "artefacts"
+
+
+class Runner(ABC):
+    name: ClassVar[str]
+    family: ClassVar[Family]
+    kind: ClassVar[str] = "classifier"
+    input_spec: ClassVar[str]
+    output_spec: ClassVar[str]
+    runtime_package: ClassVar[str] = "tensorflow-cpu"
+    # Slow models run in a worker thread so the server's event loop keeps answering health
+    # checks and fast models meanwhile; fast ones run inline, which is cheaper on one core.
+    offload: ClassVar[bool] = False
+    max_batch: ClassVar[int] = DEFAULT_MAX_BATCH
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+    @abstractmethod
+    def predict(self, batch: Batch) -> Prediction: ...
+
+    @abstractmethod
+    def sample(self) -> Batch:
+        """A small, valid batch for warm-up."""
+
+    def warmup(self, calls: int = 3) -> float:
+        """Run the compiled path a few times; returns the last call's latency in ms."""
+        batch = self.sample()
+        elapsed = 0.0
+        for _ in range(calls):
+            start = time.perf_counter()
+            self.predict(batch)
+            elapsed = (time.perf_counter() - start) * 1000.0
+        return elapsed
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "family": str(self.family),
+            "runtime": f"{self.runtime_package} {_version(self.runtime_package)}",
+            "device": self.device,
+            "input": self.input_spec,
+            "output": self.output_spec,
+            "max_batch": self.max_batch,
+            "versions": versions(),
+        }
+
+
+def _version(package: str) -> str:
+    for name in (package, package.replace("-cpu", "")):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def versions() -> dict[str, str]:
+    packages = (
+        "tensorflow-cpu",
+        "keras",
+        "scikit-learn",
+        "mtcnn",
+        "numpy",
+        "grpcio",
+        "protobuf",
+        "fastapi",
+        "uvicorn",
+    )
+    return {p.replace("-cpu", ""): _version(p) for p in packages}
+
+
+def _iris() -> type[Runner]:
+    from .iris import IrisMLP
+
+    return IrisMLP
+
+
+def _iris_rf() -> type[Runner]:
+    from .iris import IrisForest
+
+    return IrisForest
+
+
+def _mnist() -> type[Runner]:
+    from .mnist import MnistCNN
+
+    return MnistCNN
+
+
+def _face() -> type[Runner]:
+    from .face import FaceMTCNN
+
+    return FaceMTCNN
+
+
+# Imported lazily: a server with --models iris_rf never imports MTCNN.
+REGISTRY: dict[str, Callable[[], type[Runner]]] = {
+    "iris": _iris,
+    "iris_rf": _iris_rf,
+    "mnist": _mnist,
+    "face": _face,
+}
+MODELS = tuple(REGISTRY)
+
+
+def build(name: str, device: str) -> Runner:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
+    start = time.perf_counter()
+    runner = REGISTRY[name]()(device)
+    warm_ms = runner.warmup()
+    log.info(
+        "loaded %s on %s in %.1f s (warm call %.2f ms)",
+        name,
+        device,
+        time.perf_counter() - start,
+        warm_ms,
+    )
+    return runner

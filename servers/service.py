@@ -1,0 +1,87 @@
+"""What every transport serves, written once: the loaded runners, readiness, and the
+decode -> infer -> encode pipeline with its stage timings. The gRPC and HTTP servers are
+thin adapters over `ModelService`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from wiremark.payloads.contract import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
+from wiremark.payloads.errors import NotReady, UnknownModel
+
+from . import runner as runners
+from .device import configure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    models: tuple[str, ...] = runners.MODELS
+    device: str = "cpu"
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    inject_delay_ms: float = 0.0  # an artificial, documented slowdown for testing the gate
+
+
+@dataclass
+class ModelService:
+    config: ServiceConfig
+    runners: dict[str, runners.Runner] = field(default_factory=dict)
+    device: str = "unloaded"
+    error: BaseException | None = None
+    _ready: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def load(self) -> None:
+        """Build and warm every runner. Call once; health turns SERVING when it returns."""
+        start = time.perf_counter()
+        self.device = configure(self.config.device)
+        for name in self.config.models:
+            self.runners[name] = runners.build(name, self.device)
+        self._ready.set()
+        log.info(
+            "ready: %s on %s in %.1f s",
+            ", ".join(self.runners),
+            self.device,
+            time.perf_counter() - start,
+        )
+
+    def load_in_background(self, on_ready: Callable[[], None] | None = None) -> threading.Thread:
+        """Load on a thread, then call `on_ready()`. A failure is logged and kept in .error."""
+
+        def target() -> None:
+            try:
+                self.load()
+            except BaseException as exc:
+                self.error = exc
+                log.error("loading models failed: %s", exc)
+                return
+            if on_ready is not None:
+                on_ready()
+
+        thread = threading.Thread(target=target, name="wiremark-load", daemon=True)
+        thread.start()
+        return thread
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def runner(self, model: str) -> runners.Runner:
+        found = self.runners.get(model)
+        if found is not None:
+            return found
+        if not self.ready:
+            raise NotReady("models are still loading; retry when /healthz says SERVING")
+        loaded = ", ".join(self.runners) or "none"
+        raise UnknownModel(f"no model named {model!r} is loaded (loaded: {loaded})", "model")
+
+    def max_batch(self, runner: runners.Runner) -> int:
+        return min(self.config.max_batch, runner.max_batch)

@@ -1,0 +1,145 @@
+"""The `wiremark` command: serve, overhead (and, as they land, bench, conform, report, gate).
+
+Errors a user can act on print one line, `wiremark: error: ...`, and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from wiremark import __version__
+
+log = logging.getLogger("wiremark")
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed without a traceback."""
+
+
+def _models(text: str) -> tuple[str, ...]:
+    from wiremark.servers.runner import MODELS
+
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown model(s) {', '.join(unknown) or '(none given)'}: "
+            f"choose from {', '.join(MODELS)}"
+        )
+    return names
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    from wiremark.payloads.contract import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
+    from wiremark.servers.runner import MODELS
+    from wiremark.servers.serve import TRANSPORTS
+
+    p = sub.add_parser("serve", help="run one model server (gRPC, JSON or MessagePack)")
+    p.add_argument("--transport", choices=TRANSPORTS, required=True)
+    p.add_argument(
+        "--models",
+        type=_models,
+        default=MODELS,
+        help=f"comma-separated (default: {','.join(MODELS)})",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=0, help="port to bind; 0 picks a free one (default: 0)"
+    )
+    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu")
+    p.add_argument("--workers", type=_positive, default=1, help="server processes sharing the port")
+    p.add_argument(
+        "--grpc-mode", choices=("aio", "threads"), default="aio", help="grpcio server flavour"
+    )
+    p.add_argument(
+        "--max-batch", type=_positive, default=DEFAULT_MAX_BATCH, help="instances per request"
+    )
+    p.add_argument("--max-body-bytes", type=_positive, default=DEFAULT_MAX_BODY_BYTES)
+    p.add_argument(
+        "--access-log", action="store_true", help="log every request (costs 13-17%% here)"
+    )
+    p.add_argument(
+        "--grace", type=float, default=10.0, help="seconds in-flight requests get on shutdown"
+    )
+    p.add_argument(
+        "--inject-delay-ms",
+        type=float,
+        default=0.0,
+        help="add this delay to every prediction (for testing gates)",
+    )
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from wiremark.servers.serve import ServeOptions, serve
+    from wiremark.servers.service import ServiceConfig
+
+    options = ServeOptions(
+        transport=args.transport,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        grpc_mode=args.grpc_mode,
+        access_log=args.access_log,
+        grace_s=args.grace,
+        reuse_port=args.reuse_port,
+        service=ServiceConfig(
+            models=args.models,
+            device=args.device,
+            max_batch=args.max_batch,
+            max_body_bytes=args.max_body_bytes,
+            inject_delay_ms=args.inject_delay_ms,
+        ),
+    )
+    return serve(options)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wiremark", description="What does the transport cost when you serve a model?"
+    )
+    parser.add_argument("--version", action="version", version=f"wiremark {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve(sub)
+    from wiremark.harness import overhead
+
+    overhead.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("absl", "tensorflow", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from wiremark.servers.device import DeviceError
+
+    try:
+        return int(args.run(args) or 0)
+    except (UsageError, DeviceError, OSError, ValueError) as exc:
+        print(f"wiremark: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
