@@ -43,6 +43,7 @@ from .service import ModelService
 log = logging.getLogger(__name__)
 
 GRPC_MODES = ("aio", "threads")
+DEFAULT_THREADS = 16  # the thread-pool server's workers
 
 
 def server_options(service: ModelService) -> list[tuple[str, Any]]:
@@ -183,7 +184,12 @@ class GrpcServer:
     """Owns a grpc server in either mode; `start()` binds and returns the port."""
 
     def __init__(
-        self, service: ModelService, host: str, port: int, mode: str = "aio", threads: int = 16
+        self,
+        service: ModelService,
+        host: str,
+        port: int,
+        mode: str = "aio",
+        threads: int = DEFAULT_THREADS,
     ) -> None:
         if mode not in GRPC_MODES:
             raise ValueError(f"unknown gRPC mode {mode!r}: choose {' or '.join(GRPC_MODES)}")
@@ -245,7 +251,10 @@ class GrpcServer:
         stopping = asyncio.ensure_future(stop.wait())
         done, _ = await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if loading in done:
-            loading.result()  # a load failure propagates: the process exits non-zero
+            if loading.exception() is not None:
+                stopping.cancel()
+                await self.server.stop(0)
+                raise loading.exception()  # type: ignore[misc]  # the process exits non-zero
             await asyncio.gather(*self.set_serving(True))
             await stopping
         log.info("shutting down: finishing in-flight requests (grace %.0f s)", grace_s)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -60,8 +61,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(service: ModelService) -> FastAPI:
-    """The app for a service whose models may still be loading; the lifespan loads them."""
+def create_app(service: ModelService, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
+    """The app for a service whose models may still be loading; the lifespan loads them.
+    `on_load_failure` runs if loading fails (the server process uses it to exit)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -75,6 +77,8 @@ def create_app(service: ModelService) -> FastAPI:
         if not task.cancelled() and task.exception() is not None:
             service.error = task.exception()
             log.error("loading models failed: %s", service.error)
+            if on_load_failure is not None:
+                on_load_failure()
 
     app = FastAPI(
         title="wiremark model server",

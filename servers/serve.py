@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from .service import ModelService, ServiceConfig
 
@@ -86,21 +87,46 @@ def serve(options: ServeOptions) -> int:
 def run_http(service: ModelService, options: ServeOptions, on_bound: object) -> None:
     import uvicorn
 
+    class _GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process would
+        die by the signal; a completed graceful stop should exit 0, as the gRPC server does."""
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+            self._captured_signals.clear()
+
     from .http_server import create_app
 
     sock = bind_socket(options.host, options.port, options.reuse_port)
     sock.listen(2048)
     on_bound(sock.getsockname()[1])  # type: ignore[operator]
-    config = uvicorn.Config(
-        create_app(service),
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    config = uvicorn_config(
+        create_app(service, on_load_failure=stop), options.access_log, options.grace_s
+    )
+    server = _GracefulServer(config)
+    server.run(sockets=[sock])
+
+
+def uvicorn_config(app: Any, access_log: bool, grace_s: float) -> Any:
+    """The uvicorn settings of every HTTP server here (the model server and the echo in
+    `wiremark overhead`): uvloop, httptools, no access log unless asked."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
         loop="uvloop",
         http="httptools",
-        access_log=options.access_log,
-        log_level="info" if options.access_log else "warning",
-        timeout_graceful_shutdown=int(options.grace_s),
+        access_log=access_log,
+        log_level="info" if access_log else "warning",
+        timeout_graceful_shutdown=int(grace_s),
         lifespan="on",
     )
-    uvicorn.Server(config).run(sockets=[sock])
 
 
 def worker_argv(options: ServeOptions, port: int) -> list[str]:

@@ -1,0 +1,117 @@
+"""Start `wiremark serve` as a child process, learn its port, wait for health, stop it.
+
+The server logs `listening on HOST:PORT` as soon as it has bound (port 0 resolves there),
+then loads its models; `wait_ready()` polls the transport's own health check (GET /healthz,
+or grpc.health.v1 Check) until it says SERVING.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+class ServerStartError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServerProcess:
+    transport: str
+    args: Sequence[str] = ()
+    cpus: str | None = None  # e.g. "0": pinned with taskset
+    host: str = "127.0.0.1"
+    port: int = 0
+    proc: subprocess.Popen[str] | None = None
+    log: list[str] = field(default_factory=list)
+    _bound: threading.Event = field(default_factory=threading.Event)
+
+    def command(self) -> list[str]:
+        argv = [sys.executable, "-m", "wiremark.cli", "serve", "--transport", self.transport]
+        argv += ["--host", self.host, "--port", str(self.port), *self.args]
+        return ["taskset", "-c", self.cpus, *argv] if self.cpus else argv
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        self.proc = subprocess.Popen(
+            self.command(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+        )
+        threading.Thread(target=self._read_log, daemon=True).start()
+        if not self._bound.wait(timeout) or self.port == 0:
+            self.stop()
+            raise ServerStartError(f"{self.transport} server did not bind:\n{self.log_text()}")
+        return self
+
+    def _read_log(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line.rstrip())
+            match = LISTENING.search(line)
+            if match and not self._bound.is_set():
+                self.port = int(match.group(2))
+                self._bound.set()
+        self._bound.set()  # the process ended
+
+    def log_text(self) -> str:
+        return "\n".join(self.log[-40:])
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def healthy(self) -> bool:
+        """True when the server says SERVING; False while it loads."""
+        if self.transport == "grpc":
+            with grpc.insecure_channel(self.address) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                except grpc.RpcError:
+                    return False
+                return reply.status == health_pb2.HealthCheckResponse.SERVING
+        try:
+            return httpx.get(f"http://{self.address}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServerStartError(f"{self.transport} server exited:\n{self.log_text()}")
+            if self.healthy():
+                return self
+            time.sleep(0.2)
+        raise ServerStartError(
+            f"{self.transport} server not SERVING after {timeout:.0f} s:\n{self.log_text()}"
+        )
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, wait for a graceful exit, SIGKILL if it does not come."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,266 @@
+"""Bad input gets a clear error naming the problem, and the server keeps serving."""
+
+from __future__ import annotations
+
+import base64
+
+import grpc
+import msgpack
+import numpy as np
+import orjson
+import pytest
+from wiremark.payloads import samples
+from wiremark.payloads import wiremark_pb2 as pb
+from wiremark.payloads.contract import JSON, MSGPACK, metadata_path
+
+from .conftest import MAX_BATCH, MAX_BODY
+from .wire import Rejected, grpc_raw, http_raw, predict
+
+NAN_ROW = [5.1, float("nan"), 1.4, 0.2]
+INF_ROW = [5.1, 3.5, float("inf"), 0.2]
+BAD_IMAGE = b"this is not a JPEG"
+DIGIT = samples.mnist_digits(1)[0][0]
+
+# (case, model, JSON-ish body with bytes for binary values, expected HTTP status, field)
+REST_CASES = [
+    ("wrong shape", "iris", {"instances": [[5.1, 3.5, 1.4]]}, 422, "instances"),
+    ("ragged rows", "iris", {"instances": [[5.1, 3.5, 1.4, 0.2], [1.0]]}, 422, "instances"),
+    ("wrong type", "iris", {"instances": [["a", "b", "c", "d"]]}, 422, "instances"),
+    ("not a list", "iris", {"instances": "5.1,3.5"}, 422, "instances"),
+    ("no instances", "iris", {"rows": [[5.1, 3.5, 1.4, 0.2]]}, 422, "instances"),
+    ("empty batch", "iris", {"instances": []}, 422, "instances"),
+    (
+        "batch above limit",
+        "iris",
+        {"instances": [[5.1, 3.5, 1.4, 0.2]] * (MAX_BATCH + 1)},
+        413,
+        "instances",
+    ),
+    ("digit wrong size", "mnist", {"instances": [b"\x00" * 100]}, 422, "instances[0]"),
+    ("digit out of range", "mnist", {"instances": [[[300] * 28] * 28]}, 422, "instances"),
+    ("digit wrong shape", "mnist", {"instances": [[[1] * 27] * 28]}, 422, "instances"),
+    (
+        "undecodable image",
+        "face",
+        {"instances": [{"image_id": "x", "image": BAD_IMAGE}]},
+        422,
+        "instances[0].image",
+    ),
+    (
+        "empty image",
+        "face",
+        {"instances": [{"image_id": "x", "image": b""}]},
+        422,
+        "instances[0].image",
+    ),
+    ("unknown model", "resnet", {"instances": [[1, 2, 3, 4]]}, 404, "model"),
+]
+
+
+def as_json(value):
+    """bytes -> {"b64": ...}, recursively, for the JSON flavour of a case."""
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_json(v) for v in value]
+    return value
+
+
+def still_serving(transport, servers, grpc_channel, http_client):
+    target = grpc_channel if transport == "grpc" else (http_client, servers[transport].address)
+    answer = predict(transport, target, "iris", samples.iris_rows(2)[0])
+    assert list(answer.prediction.class_ids) == [0, 0]
+
+
+@pytest.mark.parametrize("transport", ["json", "msgpack"])
+@pytest.mark.parametrize(
+    ("case", "model", "body", "status", "field"), REST_CASES, ids=[c[0] for c in REST_CASES]
+)
+def test_rest_rejects(
+    transport, case, model, body, status, field, servers, grpc_channel, http_client
+):
+    payload = (
+        orjson.dumps(as_json(body))
+        if transport == "json"
+        else msgpack.packb(body, use_bin_type=True)
+    )
+    response = http_raw(
+        http_client,
+        servers[transport].address,
+        model,
+        payload,
+        JSON if transport == "json" else MSGPACK,
+    )
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == JSON
+    error = response.json()
+    assert error["field"] == field and error["message"]
+    still_serving(transport, servers, grpc_channel, http_client)
+
+
+@pytest.mark.parametrize("row", [NAN_ROW, INF_ROW], ids=["nan", "inf"])
+def test_msgpack_rejects_non_finite(row, servers, grpc_channel, http_client):
+    payload = msgpack.packb({"instances": [[5.1, 3.5, 1.4, 0.2], row]})
+    response = http_raw(http_client, servers["msgpack"].address, "iris", payload, MSGPACK)
+    assert response.status_code == 422
+    assert response.json()["field"] == "instances[1]"
+    assert "finite" in response.json()["message"]
+    still_serving("msgpack", servers, grpc_channel, http_client)
+
+
+@pytest.mark.parametrize(
+    ("transport", "payload", "content_type", "status"),
+    [
+        ("json", b'{"instances": [[5.1, 3.5', JSON, 400),
+        ("json", b'{"instances": [[NaN, 3.5, 1.4, 0.2]]}', JSON, 400),
+        ("msgpack", b"\xc1\xc1\xc1", MSGPACK, 400),
+        ("json", b"instances=1", "application/x-www-form-urlencoded", 415),
+        ("json", b"x" * (MAX_BODY + 1), JSON, 413),
+    ],
+    ids=[
+        "invalid-json",
+        "json-nan-literal",
+        "invalid-msgpack",
+        "wrong-content-type",
+        "oversize-body",
+    ],
+)
+def test_rest_rejects_bodies(
+    transport, payload, content_type, status, servers, grpc_channel, http_client
+):
+    response = http_raw(http_client, servers[transport].address, "iris", payload, content_type)
+    assert response.status_code == status
+    error = response.json()
+    assert error["message"] and error["error"]
+    still_serving(transport, servers, grpc_channel, http_client)
+
+
+def test_rest_unknown_model_metadata(servers, http_client):
+    response = http_client.get(f"http://{servers['json'].address}{metadata_path('resnet')}")
+    assert response.status_code == 404
+    assert "resnet" in response.json()["message"]
+
+
+GRPC_CASES = [
+    (
+        "empty batch",
+        "Classify",
+        pb.IrisRequest(model="iris"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "rows",
+    ),
+    (
+        "batch above limit",
+        "Classify",
+        pb.IrisRequest(model="iris", rows=[pb.IrisRow(sepal_length=1)] * (MAX_BATCH + 1)),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "rows",
+    ),
+    (
+        "nan feature",
+        "Classify",
+        pb.IrisRequest(model="iris", rows=[pb.IrisRow(sepal_length=float("nan"))]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "rows[0]",
+    ),
+    (
+        "inf feature",
+        "Classify",
+        pb.IrisRequest(model="iris", rows=[pb.IrisRow(petal_width=float("-inf"))]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "rows[0]",
+    ),
+    (
+        "unknown model",
+        "Classify",
+        pb.IrisRequest(model="resnet", rows=[pb.IrisRow()]),
+        grpc.StatusCode.NOT_FOUND,
+        "model",
+    ),
+    (
+        "no model",
+        "Classify",
+        pb.IrisRequest(rows=[pb.IrisRow()]),
+        grpc.StatusCode.NOT_FOUND,
+        "model",
+    ),
+    (
+        "wrong method for model",
+        "Classify",
+        pb.IrisRequest(model="mnist", rows=[pb.IrisRow()]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "model",
+    ),
+    (
+        "digit wrong size",
+        "ClassifyDigits",
+        pb.DigitsRequest(model="mnist", images=[pb.Digit(raw=b"\x00" * 10)]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images[0].raw",
+    ),
+    (
+        "digit out of range",
+        "ClassifyDigits",
+        pb.DigitsRequest(
+            model="mnist", images=[pb.Digit(values=pb.PixelValues(values=[256] * 784))]
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images[0].values",
+    ),
+    (
+        "digit unset",
+        "ClassifyDigits",
+        pb.DigitsRequest(model="mnist", images=[pb.Digit()]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images[0]",
+    ),
+    (
+        "undecodable image",
+        "DetectFaces",
+        pb.FaceRequest(model="face", images=[pb.EncodedImage(image_id="x", data=BAD_IMAGE)]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "instances[0].image",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "method", "message", "code", "field"), GRPC_CASES, ids=[c[0] for c in GRPC_CASES]
+)
+def test_grpc_rejects(case, method, message, code, field, servers, grpc_channel, http_client):
+    with pytest.raises(Rejected) as err:
+        grpc_raw(grpc_channel, method, message.SerializeToString())
+    assert err.value.status == code
+    assert err.value.message.startswith(f"{field}: ")
+    still_serving("grpc", servers, grpc_channel, http_client)
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT),
+        (b"\x0a" + b"\x00" * (MAX_BODY + 10), grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ],
+    ids=["invalid-protobuf", "oversize-message"],
+)
+def test_grpc_rejects_bodies(payload, code, servers, grpc_channel, http_client):
+    with pytest.raises(Rejected) as err:
+        grpc_raw(grpc_channel, "Classify", payload)
+    assert err.value.status == code
+    assert err.value.message
+    still_serving("grpc", servers, grpc_channel, http_client)
+
+
+def test_digit_values_reach_the_model_unchanged(servers, grpc_channel, reference):
+    # Both pixel encodings of the same digit give the same answer as raw bytes in-process.
+    raw = pb.DigitsRequest(model="mnist", images=[pb.Digit(raw=DIGIT.tobytes())])
+    values = pb.DigitsRequest(
+        model="mnist", images=[pb.Digit(values=pb.PixelValues(values=DIGIT.ravel().tolist()))]
+    )
+    a, _ = grpc_raw(grpc_channel, "ClassifyDigits", raw.SerializeToString())
+    b, _ = grpc_raw(grpc_channel, "ClassifyDigits", values.SerializeToString())
+    assert a == b
+    want = reference["mnist"].predict(np.asarray([DIGIT]))
+    assert pb.ClassifyResponse.FromString(a).predictions[0].class_id == int(want.class_ids[0])

@@ -1,0 +1,87 @@
+"""Health says NOT_SERVING while models load and SERVING after, also after load; SIGTERM
+lets an in-flight request finish and the process exits 0; metadata reports the device."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from wiremark.harness.launch import ServerProcess
+from wiremark.payloads import samples
+from wiremark.payloads import wiremark_pb2 as pb
+from wiremark.payloads.contract import metadata_path
+
+from .wire import grpc_raw, predict
+
+
+@pytest.mark.parametrize("transport", ["grpc", "json"])
+def test_health_follows_loading_and_survives_load(transport, http_client):
+    server = ServerProcess(transport, ("--models", "iris")).start()
+    try:
+        # The process binds before it imports TensorFlow and loads: several seconds here.
+        assert not server.healthy()
+        server.wait_ready()
+        assert server.healthy()
+        target = _target(server, http_client)
+        for _ in range(200):
+            predict(transport, target, "iris", samples.iris_rows(4)[0])
+        assert server.healthy()
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("transport", ["grpc", "json"])
+def test_sigterm_finishes_in_flight_request(transport, http_client):
+    # Every prediction sleeps 1.5 s, so the request is surely in flight at SIGTERM.
+    server = ServerProcess(transport, ("--models", "iris", "--inject-delay-ms", "1500"))
+    with server:
+        target = _target(server, http_client)
+        result: dict[str, object] = {}
+
+        def call() -> None:
+            try:
+                result["answer"] = predict(transport, target, "iris", samples.iris_rows(1)[0])
+            except Exception as exc:  # the assertion below reports it
+                result["error"] = exc
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert server.stop() == 0
+        thread.join(10)
+        assert "error" not in result, result.get("error")
+        assert list(result["answer"].prediction.class_ids) == [0]
+        assert time.monotonic() - started >= 0.5  # it waited for the request
+
+
+def test_metadata_reports_device_and_spec(servers, grpc_channel, http_client):
+    body = http_client.get(f"http://{servers['json'].address}{metadata_path('mnist')}").json()
+    assert body["device"] == "/CPU:0"
+    assert body["family"] == "digits" and "28x28" in body["input"]
+    assert body["versions"]["tensorflow"]
+    reply, _ = grpc_raw(
+        grpc_channel, "GetModelMetadata", pb.MetadataRequest(model="face").SerializeToString()
+    )
+    meta = pb.ModelMetadata.FromString(reply)
+    assert meta.device == "/CPU:0" and meta.kind == "detector" and meta.max_batch == 16
+
+
+def test_openapi_documents_each_model(servers, http_client):
+    spec = http_client.get(f"http://{servers['json'].address}/openapi.json").json()
+    iris = spec["paths"]["/v1/models/iris:predict"]["post"]
+    schema = iris["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["properties"]["instances"]["items"]["maxItems"] == 4
+    assert "application/msgpack" in iris["requestBody"]["content"]
+    assert {"200", "413", "415", "422"} <= set(iris["responses"])
+    assert "/v1/models/face:predict" in spec["paths"]
+
+
+def _target(server: ServerProcess, http_client):
+    if server.transport == "grpc":
+        channel = grpc.insecure_channel(server.address)
+        grpc.channel_ready_future(channel).result(timeout=10)
+        return channel
+    return (http_client, server.address)
