@@ -21,15 +21,17 @@ class MnistCNN(Runner):
 
         with tf.device(device):
             model = keras.saving.load_model(ARTEFACTS / "mnist_cnn.keras", compile=False)
+            # The concrete function skips tf.function's per-call argument dispatch: about
+            # half the latency of calling the tf.function on a one-row batch here.
             self._fn = tf.function(
                 lambda x: model(x, training=False),
                 input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8)],
-            )
+            ).get_concrete_function()
         self._tf = tf
 
     def predict(self, batch: np.ndarray) -> Classes:  # type: ignore[override]
         with self._tf.device(self.device):
-            probabilities = self._fn(batch).numpy()
+            probabilities = self._fn(self._tf.constant(batch)).numpy()
         return Classes(probabilities.argmax(axis=1), probabilities)
 
     def sample(self) -> np.ndarray:

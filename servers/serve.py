@@ -57,6 +57,10 @@ def serve(options: ServeOptions) -> int:
     if options.workers > 1:
         return supervise(options)
     service = ModelService(options.service)
+    if options.reuse_port:
+        # A worker of --workers N joins the shared port only once its models are warm, so
+        # the kernel never hands a connection to a worker that would answer 503.
+        service.load()
 
     def on_bound(port: int) -> None:
         log.info(

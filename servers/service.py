@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from wiremark.payloads.contract import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
 from wiremark.payloads.errors import NotReady, UnknownModel
 
-from . import runner as runners
 from .device import configure
+from .runner import MODELS, Runner, build
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    models: tuple[str, ...] = runners.MODELS
+    models: tuple[str, ...] = MODELS
     device: str = "cpu"
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -31,7 +31,7 @@ class ServiceConfig:
 @dataclass
 class ModelService:
     config: ServiceConfig
-    runners: dict[str, runners.Runner] = field(default_factory=dict)
+    runners: dict[str, Runner] = field(default_factory=dict)
     device: str = "unloaded"
     error: BaseException | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -41,11 +41,13 @@ class ModelService:
         return self._ready.is_set()
 
     def load(self) -> None:
-        """Build and warm every runner. Call once; health turns SERVING when it returns."""
+        """Build and warm every runner; health turns SERVING when it returns. Idempotent."""
+        if self.ready:
+            return
         start = time.perf_counter()
         self.device = configure(self.config.device)
         for name in self.config.models:
-            self.runners[name] = runners.build(name, self.device)
+            self.runners[name] = build(name, self.device)
         self._ready.set()
         log.info(
             "ready: %s on %s in %.1f s",
@@ -74,7 +76,7 @@ class ModelService:
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
 
-    def runner(self, model: str) -> runners.Runner:
+    def runner(self, model: str) -> Runner:
         found = self.runners.get(model)
         if found is not None:
             return found
@@ -83,5 +85,5 @@ class ModelService:
         loaded = ", ".join(self.runners) or "none"
         raise UnknownModel(f"no model named {model!r} is loaded (loaded: {loaded})", "model")
 
-    def max_batch(self, runner: runners.Runner) -> int:
+    def max_batch(self, runner: Runner) -> int:
         return min(self.config.max_batch, runner.max_batch)

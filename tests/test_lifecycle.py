@@ -85,3 +85,19 @@ def _target(server: ServerProcess, http_client):
         grpc.channel_ready_future(channel).result(timeout=10)
         return channel
     return (http_client, server.address)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "json"])
+def test_workers_share_one_port(transport, http_client):
+    server = ServerProcess(transport, ("--models", "iris", "--workers", "2"))
+    with server:
+        target = _target(server, http_client)
+        for _ in range(20):
+            predict(transport, target, "iris", samples.iris_rows(2)[0])
+        deadline = time.monotonic() + 60
+        while sum("ready: iris" in line for line in server.log) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sum("ready: iris" in line for line in server.log) == 2, server.log_text()
+        for _ in range(20):
+            predict(transport, target, "iris", samples.iris_rows(2)[0])
+        assert server.stop() == 0
