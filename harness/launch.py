@@ -39,8 +39,12 @@ class ServerProcess:
     log: list[str] = field(default_factory=list)
     _bound: threading.Event = field(default_factory=threading.Event)
 
+    def entry(self) -> list[str]:
+        """The program and subcommand; another server kind (the echo) overrides this."""
+        return [sys.executable, "-m", "wiremark.cli", "serve"]
+
     def command(self) -> list[str]:
-        argv = [sys.executable, "-m", "wiremark.cli", "serve", "--transport", self.transport]
+        argv = [*self.entry(), "--transport", self.transport]
         argv += ["--host", self.host, "--port", str(self.port), *self.args]
         return ["taskset", "-c", self.cpus, *argv] if self.cpus else argv
 
