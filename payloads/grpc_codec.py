@@ -61,9 +61,8 @@ def decode_tabular(request: pb.IrisRequest, max_batch: int) -> np.ndarray:
         [(r.sepal_length, r.sepal_width, r.petal_length, r.petal_width) for r in request.rows],
         dtype=np.float32,
     )
-    finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        row = int(np.argmin(finite))
+    if not np.isfinite(array).all():
+        row = int(np.argmin(np.isfinite(array).all(axis=1)))
         raise InvalidInput("features must be finite numbers (no NaN or Inf)", f"rows[{row}]")
     return array
 

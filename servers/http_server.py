@@ -22,10 +22,11 @@ from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+
 from wiremark.payloads import rest, schemas
 from wiremark.payloads.contract import JSON, MODEL_FAMILIES, MSGPACK, MSGPACK_ALIASES, Family
 from wiremark.payloads.errors import TooLarge, UnknownModel, WiremarkError, http_status
-from wiremark.payloads.timing import StageTimer
+from wiremark.payloads.timing import Laps
 
 from .runner import Runner
 from .service import ModelService
@@ -110,26 +111,25 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
 
     def add_predict_route(name: str, family: Family) -> None:
         async def predict(request: Request) -> Response:
-            timer = StageTimer()
             runner = service.runner(name)
             body = await read_body(request, limit)
+            laps = Laps()  # the body's arrival is the network's time, not the server's
             media = request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
-            with timer.stage("decode"):
-                batch = rest.decode_request(
-                    family, rest.parse_body(body, media), service.max_batch(runner)
-                )
+            parsed = rest.parse_body(body, media)
+            batch = rest.decode_request(family, parsed, service.max_batch(runner))
+            laps.lap("decode")
             if delay_s:
                 await asyncio.sleep(delay_s)
-            prediction = await infer(runner, batch, timer)
-            with timer.stage("encode"):
-                if media in MSGPACK_ALIASES:
-                    content, out_type = (
-                        rest.dump_msgpack(rest.to_plain(rest.encode_prediction(prediction))),
-                        MSGPACK,
-                    )
-                else:
-                    content, out_type = rest.dump_json(rest.encode_prediction(prediction)), JSON
-            return Response(content, media_type=out_type, headers={"server-timing": timer.header()})
+                laps.restart()
+            prediction = await infer(runner, batch, laps)
+            if media in MSGPACK_ALIASES:
+                out_type = MSGPACK
+                content = rest.dump_msgpack(rest.to_plain(rest.encode_prediction(prediction)))
+            else:
+                out_type = JSON
+                content = rest.dump_json(rest.encode_prediction(prediction))
+            laps.lap("encode")
+            return Response(content, media_type=out_type, headers={"server-timing": laps.header()})
 
         content = {m: {"schema": schemas.schema(REQUEST_SCHEMAS[family])} for m in (JSON, MSGPACK)}
         app.add_api_route(
@@ -166,10 +166,10 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
             },
         )
 
-    async def infer(runner: Runner, batch: Any, timer: StageTimer) -> Any:
+    async def infer(runner: Runner, batch: Any, laps: Laps) -> Any:
         if runner.offload:
-            return await run_in_threadpool(_timed_predict, runner, batch, timer)
-        return _timed_predict(runner, batch, timer)
+            return await run_in_threadpool(_timed_predict, runner, batch, laps)
+        return _timed_predict(runner, batch, laps)
 
     @app.get("/v1/models/{model}", tags=["models"])
     async def metadata(model: str) -> Response:
@@ -199,6 +199,7 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
     return app
 
 
-def _timed_predict(runner: Runner, batch: Any, timer: StageTimer) -> Any:
-    with timer.stage("infer"):
-        return runner.predict(batch)
+def _timed_predict(runner: Runner, batch: Any, laps: Laps) -> Any:
+    prediction = runner.predict(batch)
+    laps.lap("infer")
+    return prediction

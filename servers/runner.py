@@ -29,7 +29,7 @@ class Runner(ABC):
     kind: ClassVar[str] = "classifier"
     input_spec: ClassVar[str]
     output_spec: ClassVar[str]
-    runtime_package: ClassVar[str] = "tensorflow-cpu"
+    runtime_package: str = "tensorflow-cpu"  # reported in metadata with its version
     # Slow models run in a worker thread so the server's event loop keeps answering health
     # checks and fast models meanwhile; fast ones run inline, which is cheaper on one core.
     offload: ClassVar[bool] = False

@@ -9,6 +9,7 @@ import msgpack
 import numpy as np
 import orjson
 import pytest
+
 from wiremark.payloads import samples
 from wiremark.payloads import wiremark_pb2 as pb
 from wiremark.payloads.contract import JSON, MSGPACK, metadata_path

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from wiremark.payloads import samples
 from wiremark.payloads.contract import Classes, PixelEncoding
 from wiremark.payloads.timing import parse_server_timing

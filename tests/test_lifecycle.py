@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+
 from wiremark.harness.launch import ServerProcess
 from wiremark.payloads import samples
 from wiremark.payloads import wiremark_pb2 as pb

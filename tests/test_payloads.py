@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+
 from wiremark.payloads import errors, grpc_codec, rest
 from wiremark.payloads.contract import Classes, Family, PixelEncoding
 from wiremark.payloads.timing import format_server_timing, parse_server_timing
@@ -79,3 +80,20 @@ def test_server_timing_round_trip():
     assert header == "decode;dur=0.041, infer;dur=1.500, encode;dur=0.010"
     assert parse_server_timing(header) == {"decode": 0.041, "infer": 1.5, "encode": 0.01}
     assert parse_server_timing('cache;desc="x", db;dur=2') == {"db": 2.0}
+
+
+def test_laps_time_each_stage_and_skip_restarts():
+    import time
+
+    from wiremark.payloads.timing import Laps
+
+    laps = Laps()
+    laps.lap("decode")
+    time.sleep(0.02)
+    laps.restart()  # e.g. an injected delay: no stage's time
+    laps.lap("infer")
+    time.sleep(0.005)
+    laps.lap("encode")
+    timing = parse_server_timing(laps.header())
+    assert list(timing) == ["decode", "infer", "encode"]
+    assert timing["infer"] < 5 and timing["encode"] >= 4

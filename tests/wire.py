@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import httpx
+
 from wiremark.payloads import grpc_codec, rest
 from wiremark.payloads.contract import (
     GRPC_METHODS,
