@@ -146,6 +146,29 @@ class InProcess:
         return statistics.median(times) * 1000.0
 
 
+STEAL_LIMIT = 0.03  # a sample with more of a core stolen by the hypervisor is re-run
+MAX_RETRIES = 3
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def steal_ticks(cores: list[int]) -> list[int]:
+    """Per core, the clock ticks the hypervisor has stolen so far (/proc/stat, 8th field)."""
+    ticks = dict.fromkeys(cores, 0)
+    with open("/proc/stat") as stat:
+        for line in stat:
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in ticks:
+                ticks[int(name[3:])] = int(fields[7]) if len(fields) > 7 else 0
+    return [ticks[c] for c in cores]
+
+
+def steal_share(before: list[int], after: list[int], wall: float) -> float:
+    """The largest share of wall time stolen from any of the cores."""
+    if not before or wall <= 0:
+        return 0.0
+    return max((a - b) / CLOCK_TICKS / wall for a, b in zip(after, before, strict=True))
+
+
 class BenchError(RuntimeError):
     """A server failed to start, or answered wrongly or with errors under load."""
 
@@ -160,11 +183,13 @@ class Sample:
     requests: int
     server_cpu: float = 0.0
     client_cpu: float = 0.0
+    steal: float = 0.0  # the most of a core the hypervisor stole meanwhile
 
     def __str__(self) -> str:
         return (
             f"{self.rps:8.0f} req/s  p50 {self.p50_ms:6.3f} ms  n={self.requests:<6} "
-            f"cpu server {self.server_cpu:4.0%} client {self.client_cpu:4.0%}"
+            f"cpu server {self.server_cpu:4.0%} client {self.client_cpu:4.0%} "
+            f"stolen {self.steal:3.0%}"
             + ("  CLIENT-BOUND" if self.client_cpu > 0.9 else "")
         )
 
@@ -260,7 +285,7 @@ class Bench:
     """Every server of the run, up at once, and the load generators that drive them."""
 
     def __init__(self, tmp: Path, server_cpu: str | None, client_cpu: str | None, mode: str):
-        self.tmp, self.client_cpu = tmp, client_cpu
+        self.tmp, self.server_cpu, self.client_cpu = tmp, server_cpu, client_cpu
         self.stack = ExitStack()
         self.expected_class = -1
         mode_args = ("--grpc-mode", mode)  # the HTTP servers ignore it
@@ -312,6 +337,26 @@ class Bench:
             target.verify(self.expected_class)
 
     def load(self, transport: str, kind: str, conns: int, duration: int) -> Sample:
+        """One measurement; re-run (up to MAX_RETRIES times) while the hypervisor stole more
+        than STEAL_LIMIT of either core's time, which this shared machine does in bursts.
+        The least disturbed sample is kept and carries its steal share."""
+        best: Sample | None = None
+        for attempt in range(MAX_RETRIES + 1):
+            cores = [int(c) for c in (self.server_cpu, self.client_cpu) if c is not None]
+            before = steal_ticks(cores)
+            start = time.perf_counter()
+            sample = self._load_once(transport, kind, conns, duration)
+            wall = time.perf_counter() - start
+            sample.steal = steal_share(before, steal_ticks(cores), wall)
+            if best is None or sample.steal < best.steal:
+                best = sample
+            if sample.steal <= STEAL_LIMIT:
+                break
+            log(f"      {transport} {kind} c={conns}: {sample.steal:.0%} of CPU stolen, again")
+        assert best is not None
+        return best
+
+    def _load_once(self, transport: str, kind: str, conns: int, duration: int) -> Sample:
         target = self.targets[transport, kind]
         if target.grpc:
             (self.tmp / "h2load.log").unlink(missing_ok=True)  # h2load appends to its log

