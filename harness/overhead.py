@@ -83,8 +83,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--grpc-mode",
-        choices=("aio", "threads"),
-        default="aio",
+        choices=("threads", "aio"),
+        default="threads",
         help="grpcio server flavour, for the model server and its echo (default: aio)",
     )
     p.set_defaults(run=run)
@@ -189,8 +189,7 @@ class Sample:
         return (
             f"{self.rps:8.0f} req/s  p50 {self.p50_ms:6.3f} ms  n={self.requests:<6} "
             f"cpu server {self.server_cpu:4.0%} client {self.client_cpu:4.0%} "
-            f"stolen {self.steal:3.0%}"
-            + ("  CLIENT-BOUND" if self.client_cpu > 0.9 else "")
+            f"stolen {self.steal:3.0%}" + ("  CLIENT-BOUND" if self.client_cpu > 0.9 else "")
         )
 
 
@@ -341,7 +340,7 @@ class Bench:
         than STEAL_LIMIT of either core's time, which this shared machine does in bursts.
         The least disturbed sample is kept and carries its steal share."""
         best: Sample | None = None
-        for attempt in range(MAX_RETRIES + 1):
+        for _ in range(MAX_RETRIES + 1):
             cores = [int(c) for c in (self.server_cpu, self.client_cpu) if c is not None]
             before = steal_ticks(cores)
             start = time.perf_counter()

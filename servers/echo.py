@@ -1,6 +1,6 @@
 """Bare echo servers on the model servers' own stacks, the baseline of `wiremark overhead`.
 
-- gRPC: a grpcio server (asyncio or thread pool, as `wiremark serve --grpc-mode`) with the
+- gRPC: a grpcio server (thread pool or asyncio, as `wiremark serve --grpc-mode`) with the
   model server's options (`grpc_server.server_options`) and one generic unary-unary method,
   `/wiremark.v1.Echo/Echo`, with pass-through (bytes) serializers that returns the request
   bytes; grpc.health.v1 says SERVING once it listens.
@@ -10,7 +10,7 @@
 
 Each logs `listening on HOST:PORT` on stderr once bound, like `wiremark serve`:
 
-    python -m wiremark.servers.echo --transport grpc|http [--port 0] [--grpc-mode aio|threads]
+    python -m wiremark.servers.echo --transport grpc|http [--port 0] [--grpc-mode threads|aio]
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--transport", choices=("grpc", "http"), required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--grpc-mode", choices=GRPC_MODES, default="aio")
+    parser.add_argument("--grpc-mode", choices=GRPC_MODES, default=GRPC_MODES[0])
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

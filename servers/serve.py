@@ -32,7 +32,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 0
     workers: int = 1
-    grpc_mode: str = "aio"
+    grpc_mode: str = "threads"
     access_log: bool = False
     grace_s: float = 10.0
     reuse_port: bool = False

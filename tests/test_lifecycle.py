@@ -102,3 +102,25 @@ def test_workers_share_one_port(transport, http_client):
         for _ in range(20):
             predict(transport, target, "iris", samples.iris_rows(2)[0])
         assert server.stop() == 0
+
+
+def test_grpc_asyncio_mode_serves_checks_health_and_stops(http_client):
+    server = ServerProcess(
+        "grpc", ("--models", "iris", "--grpc-mode", "aio", "--inject-delay-ms", "800")
+    )
+    with server:
+        assert any("(grpc aio)" in line for line in server.log)
+        channel = _target(server, http_client)
+        answer = predict("grpc", channel, "iris", samples.iris_rows(3)[0])
+        assert list(answer.prediction.class_ids) == [0, 0, 0]
+        result: dict[str, object] = {}
+        thread = threading.Thread(
+            target=lambda: result.update(
+                a=predict("grpc", channel, "iris", samples.iris_rows(1)[0])
+            )
+        )
+        thread.start()
+        time.sleep(0.3)
+        assert server.stop() == 0  # after the in-flight request finished
+        thread.join(10)
+        assert list(result["a"].prediction.class_ids) == [0]

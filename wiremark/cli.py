@@ -60,7 +60,10 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu")
     p.add_argument("--workers", type=_positive, default=1, help="server processes sharing the port")
     p.add_argument(
-        "--grpc-mode", choices=("aio", "threads"), default="aio", help="grpcio server flavour"
+        "--grpc-mode",
+        choices=("threads", "aio"),
+        default="threads",
+        help="grpcio server flavour: thread pool (default, faster here) or asyncio",
     )
     p.add_argument(
         "--max-batch", type=_positive, default=DEFAULT_MAX_BATCH, help="instances per request"
