@@ -41,7 +41,7 @@ class ServerProcess:
 
     def entry(self) -> list[str]:
         """The program and subcommand; another server kind (the echo) overrides this."""
-        return [sys.executable, "-m", "wiremark.cli", "serve"]
+        return [sys.executable, "-m", "wiremark", "serve"]
 
     def command(self) -> list[str]:
         argv = [*self.entry(), "--transport", self.transport]

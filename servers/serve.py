@@ -138,7 +138,7 @@ def worker_argv(options: ServeOptions, port: int) -> list[str]:
     argv = [
         sys.executable,
         "-m",
-        "wiremark.cli",
+        "wiremark",
         "serve",
         "--transport",
         options.transport,

@@ -10,7 +10,7 @@ import pytest
 
 def wiremark(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "wiremark.cli", *args],
+        [sys.executable, "-m", "wiremark", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
