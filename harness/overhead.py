@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import resource
@@ -490,7 +489,6 @@ def run(args: argparse.Namespace) -> int:
         if server_cpu is not None
         else "one core: servers and load generator unpinned, sharing it"
     )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per health poll
     log(f"wiremark overhead: {MODEL}, {where}; {args.repeats} x {args.duration} s per measurement")
     # SIGTERM unwinds like Ctrl-C, so every server started is stopped.
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

@@ -6,10 +6,14 @@
     ├── UnknownModel              no model of that name is loaded
     ├── InvalidInput              the body parses but a value is wrong: shape, type, NaN, ...
     ├── TooLarge                  a batch above the limit, or a body above the size limit
-    └── NotReady                  the server is still loading or warming its models
+    ├── NotReady                  the server is still loading or warming its models
+    ├── ServerFault               the server failed on a good request (a bug, a crash)
+    ├── Unreachable               no connection: refused, reset, or no such host (client side)
+    └── DeadlineExceeded          no answer within the client's timeout (client side)
 
-Servers map them to a status with `HTTP_STATUS` and `GRPC_STATUS` below (by class, most
-specific first); the harness maps statuses back to these classes on the client side.
+Servers map them to a status with `HTTP_STATUS` and `GRPC_STATUS` below; clients map a
+status back with `from_http` and `from_grpc`, so callers catch one hierarchy whatever the
+transport.
 """
 
 from __future__ import annotations
@@ -59,6 +63,18 @@ class NotReady(WiremarkError):
     pass
 
 
+class ServerFault(WiremarkError):
+    pass
+
+
+class Unreachable(WiremarkError):
+    pass
+
+
+class DeadlineExceeded(WiremarkError):
+    pass
+
+
 HTTP_STATUS: dict[type[WiremarkError], int] = {
     MalformedBody: 400,
     UnknownModel: 404,
@@ -66,6 +82,9 @@ HTTP_STATUS: dict[type[WiremarkError], int] = {
     UnsupportedMediaType: 415,
     InvalidInput: 422,
     NotReady: 503,
+    ServerFault: 500,
+    Unreachable: 502,
+    DeadlineExceeded: 504,
 }
 
 GRPC_STATUS: dict[type[WiremarkError], grpc.StatusCode] = {
@@ -75,6 +94,9 @@ GRPC_STATUS: dict[type[WiremarkError], grpc.StatusCode] = {
     UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    ServerFault: grpc.StatusCode.INTERNAL,
+    Unreachable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -84,3 +106,46 @@ def http_status(error: WiremarkError) -> int:
 
 def grpc_status(error: WiremarkError) -> grpc.StatusCode:
     return GRPC_STATUS.get(type(error), grpc.StatusCode.INVALID_ARGUMENT)
+
+
+_FROM_HTTP = {
+    400: MalformedBody,
+    404: UnknownModel,
+    413: TooLarge,
+    415: UnsupportedMediaType,
+    422: InvalidInput,
+    503: NotReady,
+    504: DeadlineExceeded,
+}
+
+
+def from_http(status: int, body: object) -> WiremarkError:
+    """An error response -> the error it reports. `body` is the parsed JSON error body,
+    {"error", "message", "field"}, or anything else a proxy may have sent."""
+    message, field = f"HTTP {status}", None
+    if isinstance(body, dict):
+        message = str(body.get("message") or body.get("detail") or message)
+        field = body.get("field") if isinstance(body.get("field"), str) else None
+    cls = _FROM_HTTP.get(status, ServerFault if status >= 500 else InvalidInput)
+    return cls(message, field)
+
+
+_FROM_GRPC = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidInput,
+    grpc.StatusCode.NOT_FOUND: UnknownModel,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: TooLarge,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+}
+
+
+def from_grpc(code: grpc.StatusCode, details: str | None) -> WiremarkError:
+    """A failed call's status -> the error it reports. The server writes details as
+    "field: message"; UNAVAILABLE means a loading server or, before any answer, no server."""
+    text = details or code.name
+    field, sep, message = text.partition(": ")
+    if not sep or " " in field:
+        field, message = None, text  # type: ignore[assignment]
+    if code is grpc.StatusCode.UNAVAILABLE:
+        loading = "loading" in text
+        return (NotReady if loading else Unreachable)(message, field)
+    return _FROM_GRPC.get(code, ServerFault)(message, field)

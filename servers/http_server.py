@@ -25,7 +25,13 @@ from starlette.responses import Response
 
 from wiremark.payloads import rest, schemas
 from wiremark.payloads.contract import JSON, MODEL_FAMILIES, MSGPACK, MSGPACK_ALIASES, Family
-from wiremark.payloads.errors import TooLarge, UnknownModel, WiremarkError, http_status
+from wiremark.payloads.errors import (
+    ServerFault,
+    TooLarge,
+    UnknownModel,
+    WiremarkError,
+    http_status,
+)
 from wiremark.payloads.timing import Laps
 
 from .runner import Runner
@@ -92,6 +98,11 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
     @app.exception_handler(WiremarkError)
     async def _wiremark_error(request: Request, exc: WiremarkError) -> Response:
         return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def _server_fault(request: Request, exc: Exception) -> Response:
+        log.exception("internal error while serving %s", request.url.path)
+        return error_response(ServerFault(f"internal error: {type(exc).__name__}: {exc}"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -166,6 +166,8 @@ def worker_argv(options: ServeOptions, port: int) -> list[str]:
     ]
     if options.access_log:
         argv.append("--access-log")
+    for name, model in s.serve_as:
+        argv += ["--serve-as", f"{name}={model}"]
     return argv
 
 

@@ -26,6 +26,9 @@ class ServiceConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     inject_delay_ms: float = 0.0  # an artificial, documented slowdown for testing the gate
+    # NAME -> MODEL: serve MODEL's runner under NAME, a deliberately wrong model for testing
+    # that conformance checks catch one
+    serve_as: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -46,8 +49,11 @@ class ModelService:
             return
         start = time.perf_counter()
         self.device = configure(self.config.device)
+        swapped = dict(self.config.serve_as)
         for name in self.config.models:
-            self.runners[name] = build(name, self.device)
+            self.runners[name] = build(swapped.get(name, name), self.device)
+            if name in swapped:
+                log.warning("serving %s under the name %s (--serve-as)", swapped[name], name)
         self._ready.set()
         log.info(
             "ready: %s on %s in %.1f s",

@@ -11,6 +11,7 @@ import grpc
 import httpx
 import pytest
 
+from wiremark.harness.clients import Client, connect
 from wiremark.harness.launch import ServerProcess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -43,6 +44,15 @@ def reference() -> dict[str, object]:
 
     dev = device.configure("cpu")
     return {name: runner.build(name, dev) for name in runner.MODELS}
+
+
+@pytest.fixture(scope="session")
+def clients(servers: dict[str, ServerProcess]) -> Iterator[dict[str, Client]]:
+    """The harness's own clients, one per transport, as the benchmark uses them."""
+    opened = {t: connect(t, servers[t].address, timeout=60) for t in TRANSPORTS}
+    yield opened
+    for client in opened.values():
+        client.close()
 
 
 @pytest.fixture(scope="session")

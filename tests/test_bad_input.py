@@ -15,7 +15,7 @@ from wiremark.payloads import wiremark_pb2 as pb
 from wiremark.payloads.contract import JSON, MSGPACK, metadata_path
 
 from .conftest import MAX_BATCH, MAX_BODY
-from .wire import Rejected, grpc_raw, http_raw, predict
+from .wire import Rejected, grpc_raw, http_raw
 
 NAN_ROW = [5.1, float("nan"), 1.4, 0.2]
 INF_ROW = [5.1, 3.5, float("inf"), 0.2]
@@ -71,19 +71,16 @@ def as_json(value):
     return value
 
 
-def still_serving(transport, servers, grpc_channel, http_client):
-    target = grpc_channel if transport == "grpc" else (http_client, servers[transport].address)
-    answer = predict(transport, target, "iris", samples.iris_rows(2)[0])
-    assert list(answer.prediction.class_ids) == [0, 0]
+def still_serving(transport, clients):
+    reply = clients[transport].predict("iris", samples.iris_rows(2)[0])
+    assert list(reply.prediction.class_ids) == [0, 0]
 
 
 @pytest.mark.parametrize("transport", ["json", "msgpack"])
 @pytest.mark.parametrize(
     ("case", "model", "body", "status", "field"), REST_CASES, ids=[c[0] for c in REST_CASES]
 )
-def test_rest_rejects(
-    transport, case, model, body, status, field, servers, grpc_channel, http_client
-):
+def test_rest_rejects(transport, case, model, body, status, field, servers, http_client, clients):
     payload = (
         orjson.dumps(as_json(body))
         if transport == "json"
@@ -100,17 +97,17 @@ def test_rest_rejects(
     assert response.headers["content-type"] == JSON
     error = response.json()
     assert error["field"] == field and error["message"]
-    still_serving(transport, servers, grpc_channel, http_client)
+    still_serving(transport, clients)
 
 
 @pytest.mark.parametrize("row", [NAN_ROW, INF_ROW], ids=["nan", "inf"])
-def test_msgpack_rejects_non_finite(row, servers, grpc_channel, http_client):
+def test_msgpack_rejects_non_finite(row, servers, http_client, clients):
     payload = msgpack.packb({"instances": [[5.1, 3.5, 1.4, 0.2], row]})
     response = http_raw(http_client, servers["msgpack"].address, "iris", payload, MSGPACK)
     assert response.status_code == 422
     assert response.json()["field"] == "instances[1]"
     assert "finite" in response.json()["message"]
-    still_serving("msgpack", servers, grpc_channel, http_client)
+    still_serving("msgpack", clients)
 
 
 @pytest.mark.parametrize(
@@ -131,13 +128,13 @@ def test_msgpack_rejects_non_finite(row, servers, grpc_channel, http_client):
     ],
 )
 def test_rest_rejects_bodies(
-    transport, payload, content_type, status, servers, grpc_channel, http_client
+    transport, payload, content_type, status, servers, http_client, clients
 ):
     response = http_raw(http_client, servers[transport].address, "iris", payload, content_type)
     assert response.status_code == status
     error = response.json()
     assert error["message"] and error["error"]
-    still_serving(transport, servers, grpc_channel, http_client)
+    still_serving(transport, clients)
 
 
 def test_rest_unknown_model_metadata(servers, http_client):
@@ -232,12 +229,12 @@ GRPC_CASES = [
 @pytest.mark.parametrize(
     ("case", "method", "message", "code", "field"), GRPC_CASES, ids=[c[0] for c in GRPC_CASES]
 )
-def test_grpc_rejects(case, method, message, code, field, servers, grpc_channel, http_client):
+def test_grpc_rejects(case, method, message, code, field, grpc_channel, clients):
     with pytest.raises(Rejected) as err:
         grpc_raw(grpc_channel, method, message.SerializeToString())
     assert err.value.status == code
     assert err.value.message.startswith(f"{field}: ")
-    still_serving("grpc", servers, grpc_channel, http_client)
+    still_serving("grpc", clients)
 
 
 @pytest.mark.parametrize(
@@ -248,12 +245,12 @@ def test_grpc_rejects(case, method, message, code, field, servers, grpc_channel,
     ],
     ids=["invalid-protobuf", "oversize-message"],
 )
-def test_grpc_rejects_bodies(payload, code, servers, grpc_channel, http_client):
+def test_grpc_rejects_bodies(payload, code, grpc_channel, clients):
     with pytest.raises(Rejected) as err:
         grpc_raw(grpc_channel, "Classify", payload)
     assert err.value.status == code
     assert err.value.message
-    still_serving("grpc", servers, grpc_channel, http_client)
+    still_serving("grpc", clients)
 
 
 def test_digit_values_reach_the_model_unchanged(servers, grpc_channel, reference):

@@ -9,18 +9,13 @@ import pytest
 
 from wiremark.payloads import samples
 from wiremark.payloads.contract import Classes, PixelEncoding
-from wiremark.payloads.timing import parse_server_timing
 
 from .conftest import TRANSPORTS
-from .wire import predict
 
 
 @pytest.fixture
-def target(request, servers, grpc_channel, http_client):
-    transport = request.param
-    if transport == "grpc":
-        return transport, grpc_channel
-    return transport, (http_client, servers[transport].address)
+def client(request, clients):
+    return clients[request.param]
 
 
 def assert_same_classes(got: Classes, want: Classes) -> None:
@@ -29,39 +24,36 @@ def assert_same_classes(got: Classes, want: Classes) -> None:
     assert got.probabilities.dtype == np.float32
 
 
-@pytest.mark.parametrize("target", TRANSPORTS, indirect=True)
+@pytest.mark.parametrize("client", TRANSPORTS, indirect=True)
 @pytest.mark.parametrize("model", ["iris", "iris_rf"])
-def test_iris_matches_in_process(target, model, reference):
-    transport, client = target
+def test_iris_matches_in_process(client, model, reference):
     rows, labels = samples.iris_rows()
     for start in range(0, len(rows), 50):
         batch = rows[start : start + 50]
-        answer = predict(transport, client, model, batch)
-        assert_same_classes(answer.prediction, reference[model].predict(batch))
+        reply = client.predict(model, batch)
+        assert_same_classes(reply.prediction, reference[model].predict(batch))
     # the models are real: nearly every bundled row is classified right
     assert (reference[model].predict(rows).class_ids == labels).mean() > 0.95
 
 
-@pytest.mark.parametrize("target", TRANSPORTS, indirect=True)
+@pytest.mark.parametrize("client", TRANSPORTS, indirect=True)
 @pytest.mark.parametrize("encoding", list(PixelEncoding))
-def test_mnist_matches_in_process(target, encoding, reference):
-    transport, client = target
+def test_mnist_matches_in_process(client, encoding, reference):
     images, labels = samples.mnist_digits(128)
     for start in range(0, len(images), 64):
         batch = images[start : start + 64]
-        answer = predict(transport, client, "mnist", batch, encoding)
-        assert_same_classes(answer.prediction, reference["mnist"].predict(batch))
+        reply = client.predict("mnist", batch, encoding)
+        assert_same_classes(reply.prediction, reference["mnist"].predict(batch))
     assert (reference["mnist"].predict(images).class_ids == labels).mean() > 0.95
 
 
-@pytest.mark.parametrize("target", TRANSPORTS, indirect=True)
-def test_faces_match_in_process(target, reference):
-    transport, client = target
+@pytest.mark.parametrize("client", TRANSPORTS, indirect=True)
+def test_faces_match_in_process(client, reference):
     photos = samples.face_images(sizes=(160, 320))
-    answer = predict(transport, client, "face", photos)
+    reply = client.predict("face", photos)
     want = reference["face"].predict(photos)
-    assert [p.image_id for p in answer.prediction] == [p.image_id for p in photos]
-    for got_image, want_image in zip(answer.prediction, want, strict=True):
+    assert [p.image_id for p in reply.prediction] == [p.image_id for p in photos]
+    for got_image, want_image in zip(reply.prediction, want, strict=True):
         assert len(got_image.faces) == len(want_image.faces)
         for got, exp in zip(got_image.faces, want_image.faces, strict=True):
             assert got.box == exp.box
@@ -72,11 +64,10 @@ def test_faces_match_in_process(target, reference):
     assert found["astronaut-320"] >= 1 and found["coffee-320"] == 0
 
 
-@pytest.mark.parametrize("target", TRANSPORTS, indirect=True)
-def test_every_prediction_reports_server_timings(target):
-    transport, client = target
-    answer = predict(transport, client, "iris", samples.iris_rows(1)[0])
-    timing = parse_server_timing(answer.server_timing)
+@pytest.mark.parametrize("client", TRANSPORTS, indirect=True)
+def test_every_prediction_reports_server_timings(client):
+    reply = client.predict("iris", samples.iris_rows(1)[0])
+    timing = reply.server_ms
     assert set(timing) == {"decode", "infer", "encode"}
     assert all(value >= 0 for value in timing.values())
     assert timing["infer"] > 0

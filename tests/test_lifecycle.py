@@ -6,15 +6,15 @@ from __future__ import annotations
 import threading
 import time
 
-import grpc
 import pytest
 
+from wiremark.harness.clients import connect
 from wiremark.harness.launch import ServerProcess
 from wiremark.payloads import samples
 from wiremark.payloads import wiremark_pb2 as pb
 from wiremark.payloads.contract import metadata_path
 
-from .wire import grpc_raw, predict
+from .wire import grpc_raw
 
 
 @pytest.mark.parametrize("transport", ["grpc", "json"])
@@ -25,9 +25,9 @@ def test_health_follows_loading_and_survives_load(transport, http_client):
         assert not server.healthy()
         server.wait_ready()
         assert server.healthy()
-        target = _target(server, http_client)
+        target = connect(server.transport, server.address)
         for _ in range(200):
-            predict(transport, target, "iris", samples.iris_rows(4)[0])
+            target.predict("iris", samples.iris_rows(4)[0])
         assert server.healthy()
     finally:
         assert server.stop() == 0
@@ -38,12 +38,12 @@ def test_sigterm_finishes_in_flight_request(transport, http_client):
     # Every prediction sleeps 1.5 s, so the request is surely in flight at SIGTERM.
     server = ServerProcess(transport, ("--models", "iris", "--inject-delay-ms", "1500"))
     with server:
-        target = _target(server, http_client)
+        target = connect(server.transport, server.address)
         result: dict[str, object] = {}
 
         def call() -> None:
             try:
-                result["answer"] = predict(transport, target, "iris", samples.iris_rows(1)[0])
+                result["answer"] = target.predict("iris", samples.iris_rows(1)[0])
             except Exception as exc:  # the assertion below reports it
                 result["error"] = exc
 
@@ -80,27 +80,19 @@ def test_openapi_documents_each_model(servers, http_client):
     assert "/v1/models/face:predict" in spec["paths"]
 
 
-def _target(server: ServerProcess, http_client):
-    if server.transport == "grpc":
-        channel = grpc.insecure_channel(server.address)
-        grpc.channel_ready_future(channel).result(timeout=10)
-        return channel
-    return (http_client, server.address)
-
-
 @pytest.mark.parametrize("transport", ["grpc", "json"])
 def test_workers_share_one_port(transport, http_client):
     server = ServerProcess(transport, ("--models", "iris", "--workers", "2"))
     with server:
-        target = _target(server, http_client)
+        target = connect(server.transport, server.address)
         for _ in range(20):
-            predict(transport, target, "iris", samples.iris_rows(2)[0])
+            target.predict("iris", samples.iris_rows(2)[0])
         deadline = time.monotonic() + 60
         while sum("ready: iris" in line for line in server.log) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert sum("ready: iris" in line for line in server.log) == 2, server.log_text()
         for _ in range(20):
-            predict(transport, target, "iris", samples.iris_rows(2)[0])
+            target.predict("iris", samples.iris_rows(2)[0])
         assert server.stop() == 0
 
 
@@ -110,14 +102,12 @@ def test_grpc_asyncio_mode_serves_checks_health_and_stops(http_client):
     )
     with server:
         assert any("(grpc aio)" in line for line in server.log)
-        channel = _target(server, http_client)
-        answer = predict("grpc", channel, "iris", samples.iris_rows(3)[0])
+        client = connect(server.transport, server.address)
+        answer = client.predict("iris", samples.iris_rows(3)[0])
         assert list(answer.prediction.class_ids) == [0, 0, 0]
         result: dict[str, object] = {}
         thread = threading.Thread(
-            target=lambda: result.update(
-                a=predict("grpc", channel, "iris", samples.iris_rows(1)[0])
-            )
+            target=lambda: result.update(a=client.predict("iris", samples.iris_rows(1)[0]))
         )
         thread.start()
         time.sleep(0.3)

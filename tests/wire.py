@@ -1,6 +1,6 @@
-"""Test-side calls over each transport with the real clients: grpcio with the generated
-messages, httpx with JSON or MessagePack bodies. Returns decoded predictions, or raises
-`Rejected` carrying the status and error body."""
+"""Raw calls for the bad-input tests, below the harness's clients: any bytes to a gRPC
+method, any body and Content-Type to an HTTP route. A failed gRPC call raises `Rejected`
+with its status and details."""
 
 from __future__ import annotations
 
@@ -10,16 +10,8 @@ from typing import Any
 import grpc
 import httpx
 
-from wiremark.payloads import grpc_codec, rest
 from wiremark.payloads.contract import (
-    GRPC_METHODS,
-    JSON,
-    MODEL_FAMILIES,
-    MSGPACK,
     SERVER_TIMING,
-    Batch,
-    PixelEncoding,
-    Prediction,
     grpc_path,
     predict_path,
 )
@@ -30,12 +22,6 @@ class Rejected(Exception):
     status: Any  # int for HTTP, grpc.StatusCode for gRPC
     message: str
     body: dict[str, Any] | None = None
-
-
-@dataclass
-class Answer:
-    prediction: Prediction
-    server_timing: str
 
 
 def grpc_raw(channel: grpc.Channel, method: str, data: bytes) -> tuple[bytes, str]:
@@ -55,27 +41,3 @@ def http_raw(
         content=body,
         headers={"content-type": content_type},
     )
-
-
-def predict(
-    transport: str,
-    target: Any,
-    model: str,
-    batch: Batch,
-    encoding: PixelEncoding = PixelEncoding.RAW,
-) -> Answer:
-    """`target`: a grpc.Channel for grpc, (httpx.Client, address) for json and msgpack."""
-    family = MODEL_FAMILIES[model]
-    if transport == "grpc":
-        data = grpc_codec.encode_request(family, model, batch, encoding).SerializeToString()
-        reply, timing = grpc_raw(target, GRPC_METHODS[family], data)
-        return Answer(grpc_codec.decode_prediction(family, reply), timing)
-    client, address = target
-    binary = transport == "msgpack"
-    body = rest.encode_request(family, batch, binary=binary, encoding=encoding)
-    payload = rest.dump_msgpack(body) if binary else rest.dump_json(body)
-    response = http_raw(client, address, model, payload, MSGPACK if binary else JSON)
-    if response.status_code != 200:
-        raise Rejected(response.status_code, response.text, response.json())
-    parsed = rest.parse_body(response.content, response.headers["content-type"])
-    return Answer(rest.decode_prediction(family, parsed), response.headers.get("server-timing", ""))

@@ -33,6 +33,17 @@ def _models(text: str) -> tuple[str, ...]:
     return names
 
 
+def _swap(text: str) -> tuple[str, str]:
+    from wiremark.payloads.contract import MODEL_FAMILIES
+
+    name, _, model = text.partition("=")
+    if not model or name not in MODEL_FAMILIES or model not in MODEL_FAMILIES:
+        raise argparse.ArgumentTypeError(f"expected NAME=MODEL with known models, got {text!r}")
+    if MODEL_FAMILIES[name] is not MODEL_FAMILIES[model]:
+        raise argparse.ArgumentTypeError(f"{name} and {model} take different inputs")
+    return name, model
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -81,6 +92,14 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="add this delay to every prediction (for testing gates)",
     )
+    p.add_argument(
+        "--serve-as",
+        type=_swap,
+        action="append",
+        default=[],
+        metavar="NAME=MODEL",
+        help="serve MODEL under NAME: a deliberately wrong model, to test conformance checks",
+    )
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(run=run_serve)
 
@@ -104,6 +123,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             max_body_bytes=args.max_body_bytes,
             inject_delay_ms=args.inject_delay_ms,
+            serve_as=tuple(args.serve_as),
         ),
     )
     return serve(options)
@@ -117,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve(sub)
-    from wiremark.harness import overhead
+    from wiremark.harness import conformance, overhead
 
+    conformance.add_parser(sub)
     overhead.add_parser(sub)
     return parser
 
@@ -131,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("absl", "tensorflow", "h5py"):
+    for noisy in ("absl", "tensorflow", "h5py", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from wiremark.servers.device import DeviceError
 
