@@ -17,31 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import resource
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-import httpx
-import psutil
-
-from wiremark.payloads import grpc_codec, rest
 from wiremark.payloads.contract import (
     GRPC_METHODS,
-    JSON,
-    MSGPACK,
     Family,
     grpc_path,
     predict_path,
@@ -50,10 +37,20 @@ from wiremark.payloads.samples import iris_rows
 from wiremark.servers.echo import GRPC_ECHO_PATH, HTTP_ECHO_PATH
 
 from .launch import ServerProcess, ServerStartError
+from .loadgen import (
+    LoadError,
+    LoadGenerator,
+    Sample,
+    Target,
+    check_tools,
+    log,
+    payload,
+    pinned,
+    placement,
+)
 
 MODEL = "iris"
 TRANSPORTS = ("grpc", "json", "msgpack")
-TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "taskset": "util-linux"}
 EFFICIENCY_TARGET = 0.80
 TAX_TARGET = 1.3
 INPROC_CALLS = 2000
@@ -89,36 +86,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def check_tools() -> None:
-    from wiremark.cli import UsageError
-
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        names = ", ".join(f"{tool} (Debian package {TOOLS[tool]})" for tool in missing)
-        raise UsageError(
-            f"wiremark overhead needs {names} on PATH: "
-            f"apt-get install {' '.join(TOOLS[tool] for tool in missing)}"
-        )
-
-
-def placement() -> tuple[str | None, str | None]:
-    """(server core, load-generator core), or (None, None) on a single core."""
-    cores = sorted(os.sched_getaffinity(0))
-    return (str(cores[0]), str(cores[1])) if len(cores) >= 2 else (None, None)
-
-
-@contextmanager
-def pinned(cpu: str | None) -> Iterator[None]:
-    """Run this thread (and threads it starts) on `cpu` for the duration."""
-    before = os.sched_getaffinity(0)
-    if cpu is not None:
-        os.sched_setaffinity(0, {int(cpu)})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
-
-
 class InProcess:
     """The model's own latency: the iris runner built in this process, on the server core."""
 
@@ -145,103 +112,6 @@ class InProcess:
         return statistics.median(times) * 1000.0
 
 
-STEAL_LIMIT = 0.03  # a sample with more of a core stolen by the hypervisor is re-run
-MAX_RETRIES = 3
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def steal_ticks(cores: list[int]) -> list[int]:
-    """Per core, the clock ticks the hypervisor has stolen so far (/proc/stat, 8th field)."""
-    ticks = dict.fromkeys(cores, 0)
-    with open("/proc/stat") as stat:
-        for line in stat:
-            name, *fields = line.split()
-            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in ticks:
-                ticks[int(name[3:])] = int(fields[7]) if len(fields) > 7 else 0
-    return [ticks[c] for c in cores]
-
-
-def steal_share(before: list[int], after: list[int], wall: float) -> float:
-    """The largest share of wall time stolen from any of the cores."""
-    if not before or wall <= 0:
-        return 0.0
-    return max((a - b) / CLOCK_TICKS / wall for a, b in zip(after, before, strict=True))
-
-
-class BenchError(RuntimeError):
-    """A server failed to start, or answered wrongly or with errors under load."""
-
-
-@dataclass
-class Sample:
-    """One measured run: completed requests per second, median latency, and the CPU share
-    the server and the load generator used (a client near 100 % would be the bottleneck)."""
-
-    rps: float
-    p50_ms: float
-    requests: int
-    server_cpu: float = 0.0
-    client_cpu: float = 0.0
-    steal: float = 0.0  # the most of a core the hypervisor stole meanwhile
-
-    def __str__(self) -> str:
-        return (
-            f"{self.rps:8.0f} req/s  p50 {self.p50_ms:6.3f} ms  n={self.requests:<6} "
-            f"cpu server {self.server_cpu:4.0%} client {self.client_cpu:4.0%} "
-            f"stolen {self.steal:3.0%}" + ("  CLIENT-BOUND" if self.client_cpu > 0.9 else "")
-        )
-
-
-@dataclass
-class Target:
-    """One server, what it is sent and what a correct answer is."""
-
-    server: ServerProcess
-    path: str
-    media: str  # "grpc", JSON or MSGPACK
-    body: bytes  # the HTTP body; for gRPC the protobuf message (framed in the h2load file)
-    echo: bool  # the reply must be the body itself; else a prediction of the in-process class
-    file: Path  # wrk's Lua script, or h2load's framed body
-    reply_len: int = 0  # learnt by verify(): a gRPC reply without data is an error
-
-    @property
-    def grpc(self) -> bool:
-        return self.media == "grpc"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.server.address}{self.path}"
-
-    def verify(self, expected_class: int) -> None:
-        """One request through a real client (a gRPC error still answers HTTP 200 to h2load)."""
-        try:
-            if self.grpc:
-                with grpc.insecure_channel(self.server.address) as channel:
-                    reply = channel.unary_unary(self.path)(self.body, timeout=10)
-            else:
-                headers = {"content-type": self.media}
-                response = httpx.post(self.url, content=self.body, headers=headers, timeout=10)
-                if response.status_code != 200 or not (
-                    self.echo or response.headers.get("content-type", "").startswith(self.media)
-                ):
-                    raise BenchError(f"{response.status_code} {response.text[:200]}")
-                reply = response.content
-            if self.echo and reply != self.body:
-                raise BenchError(f"echoed {reply[:40]!r}, not the {len(self.body)}-byte body")
-            if not self.echo:
-                if self.grpc:
-                    prediction = grpc_codec.decode_prediction(Family.TABULAR, reply)
-                else:
-                    body = rest.parse_body(reply, self.media)
-                    prediction = rest.decode_prediction(Family.TABULAR, body)
-                got = prediction.class_ids.tolist()  # type: ignore[union-attr]
-                if got != [expected_class]:
-                    raise BenchError(f"predicted classes {got}, in-process [{expected_class}]")
-        except (BenchError, grpc.RpcError, httpx.HTTPError, ValueError) as exc:
-            raise BenchError(f"{self.media} {self.url}: {exc}") from None
-        self.reply_len = len(reply)
-
-
 class EchoProcess(ServerProcess):
     """`python -m wiremark.servers.echo`, started and stopped like a model server."""
 
@@ -249,41 +119,11 @@ class EchoProcess(ServerProcess):
         return [sys.executable, "-m", "wiremark.servers.echo"]
 
 
-def _lua(body: bytes, content_type: str) -> str:
-    escaped = "".join(f"\\{b:03d}" for b in body)  # Lua decimal escapes: any bytes
-    return f"""wrk.method = "POST"
-wrk.body = "{escaped}"
-wrk.headers["Content-Type"] = "{content_type}"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format("WIREMARK %d %d %d %d %.1f\\n", summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50)))
-end
-"""
-
-
-def payload(transport: str, tmp: Path) -> tuple[str, bytes, Path]:
-    """(media, body, load-generator file) for one row of iris: h2load's body with the gRPC
-    5-byte prefix, or a wrk script that POSTs the JSON or MessagePack body."""
-    batch = iris_rows(1)[0]
-    if transport == "grpc":
-        message = grpc_codec.encode_request(Family.TABULAR, MODEL, batch).SerializeToString()
-        file = tmp / "grpc.bin"
-        file.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
-        return "grpc", message, file
-    media = JSON if transport == "json" else MSGPACK
-    encoded = rest.encode_request(Family.TABULAR, batch, binary=media == MSGPACK)
-    body = rest.dump_json(encoded) if media == JSON else rest.dump_msgpack(encoded)
-    file = tmp / f"{transport}.lua"
-    file.write_text(_lua(body, media))
-    return media, body, file
-
-
 class Bench:
     """Every server of the run, up at once, and the load generators that drive them."""
 
     def __init__(self, tmp: Path, server_cpu: str | None, client_cpu: str | None, mode: str):
-        self.tmp, self.server_cpu, self.client_cpu = tmp, server_cpu, client_cpu
+        self.loadgen = LoadGenerator(tmp, server_cpu, client_cpu)
         self.stack = ExitStack()
         self.expected_class = -1
         mode_args = ("--grpc-mode", mode)  # the HTTP servers ignore it
@@ -295,7 +135,7 @@ class Bench:
         self.servers = [echo_grpc, echo_http, *models.values()]
         self.targets: dict[tuple[str, str], Target] = {}
         for transport in TRANSPORTS:
-            media, body, file = payload(transport, tmp)
+            media, body, file = payload(transport, tmp, MODEL)
             if transport == "grpc":
                 echo, echo_path = echo_grpc, GRPC_ECHO_PATH
                 model_path = grpc_path(GRPC_METHODS[Family.TABULAR])
@@ -314,7 +154,7 @@ class Bench:
         except BaseException as exc:  # Ctrl-C included: stop what did start
             self.stack.close()
             if isinstance(exc, ServerStartError):
-                raise BenchError(str(exc)) from None
+                raise LoadError(str(exc)) from None
             raise
         return self
 
@@ -327,7 +167,7 @@ class Bench:
             for server in self.servers:
                 server.wait_ready()
         except ServerStartError as exc:
-            raise BenchError(str(exc)) from None
+            raise LoadError(str(exc)) from None
         self.verify_all()
 
     def verify_all(self) -> None:
@@ -335,93 +175,7 @@ class Bench:
             target.verify(self.expected_class)
 
     def load(self, transport: str, kind: str, conns: int, duration: int) -> Sample:
-        """One measurement; re-run (up to MAX_RETRIES times) while the hypervisor stole more
-        than STEAL_LIMIT of either core's time, which this shared machine does in bursts.
-        The least disturbed sample is kept and carries its steal share."""
-        best: Sample | None = None
-        for _ in range(MAX_RETRIES + 1):
-            cores = [int(c) for c in (self.server_cpu, self.client_cpu) if c is not None]
-            before = steal_ticks(cores)
-            start = time.perf_counter()
-            sample = self._load_once(transport, kind, conns, duration)
-            wall = time.perf_counter() - start
-            sample.steal = steal_share(before, steal_ticks(cores), wall)
-            if best is None or sample.steal < best.steal:
-                best = sample
-            if sample.steal <= STEAL_LIMIT:
-                break
-            log(f"      {transport} {kind} c={conns}: {sample.steal:.0%} of CPU stolen, again")
-        assert best is not None
-        return best
-
-    def _load_once(self, transport: str, kind: str, conns: int, duration: int) -> Sample:
-        target = self.targets[transport, kind]
-        if target.grpc:
-            (self.tmp / "h2load.log").unlink(missing_ok=True)  # h2load appends to its log
-            argv = ["h2load", "-t1", f"-c{conns}", "-m1", f"-D{duration}", "--warm-up-time=1"]
-            argv += ["--log-file", str(self.tmp / "h2load.log"), "-d", str(target.file)]
-            argv += ["-H", "content-type: application/grpc", "-H", "te: trailers", target.url]
-        else:
-            argv = ["wrk", "-t1", f"-c{conns}", "-s", str(target.file), target.url]
-            self._run([*argv, "-d1s"], duration + 30)  # warm-up, not measured
-            argv.append(f"-d{duration}s")
-        assert target.server.proc is not None
-        server = psutil.Process(target.server.proc.pid)  # taskset exec()s: the server itself
-        server_before = sum(server.cpu_times()[:2])
-        out, client_cpu, wall = self._run(argv, duration + 30)
-        server_cpu = (sum(server.cpu_times()[:2]) - server_before) / wall
-        sample = self._h2load(out, target) if target.grpc else self._wrk(out, target.url)
-        sample.server_cpu, sample.client_cpu = server_cpu, client_cpu
-        return sample
-
-    def _run(self, argv: list[str], timeout: float) -> tuple[str, float, float]:
-        """Run a load generator on its core; (stdout, its CPU share, wall seconds)."""
-        if self.client_cpu is not None:
-            argv = ["taskset", "-c", self.client_cpu, *argv]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-        wall = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if done.returncode != 0:
-            raise BenchError(f"{argv[0]} failed ({done.returncode}): {done.stderr.strip()[-300:]}")
-        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        return done.stdout, cpu / wall, wall
-
-    @staticmethod
-    def _wrk(out: str, url: str) -> Sample:
-        match = re.search(r"^WIREMARK (\d+) (\d+) (\d+) (\d+) ([\d.]+)$", out, re.M)
-        if match is None:
-            raise BenchError(f"wrk printed no summary for {url}:\n{out}")
-        requests, duration_us, errors, non_2xx = (int(g) for g in match.groups()[:4])
-        if errors or non_2xx or not requests:
-            raise BenchError(
-                f"wrk {url}: {requests} requests, {non_2xx} non-2xx, {errors} socket errors"
-            )
-        return Sample(requests / (duration_us / 1e6), float(match.group(5)) / 1000.0, requests)
-
-    def _h2load(self, out: str, target: Target) -> Sample:
-        rps = re.search(r"^finished in \S+, ([\d.]+) req/s", out, re.M)
-        counts = re.search(
-            r"^requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-            r"(\d+) errored, (\d+) timeout",
-            out,
-            re.M,
-        )
-        data = re.search(r"^traffic: .*\((\d+)\) data", out, re.M)
-        if rps is None or counts is None or data is None:
-            raise BenchError(f"h2load printed no summary for {target.path}:\n{out}")
-        done, succeeded, failed, errored, timeouts = (int(g) for g in counts.groups())
-        if failed or errored or timeouts or not succeeded or succeeded < done:
-            raise BenchError(f"h2load {target.path}: {out[out.index('requests:') :][:300]}")
-        # Every good reply carries a 5-byte-prefixed message; an error is trailers only.
-        if int(data.group(1)) < 0.98 * done * (5 + target.reply_len):
-            raise BenchError(f"h2load {target.path}: replies without data (gRPC errors?)")
-        rows = [line.split("\t") for line in (self.tmp / "h2load.log").read_text().splitlines()]
-        if any(row[1] != "200" for row in rows):
-            raise BenchError(f"h2load {target.path}: non-200 statuses in its log")
-        p50_ms = statistics.median(int(row[2]) for row in rows) / 1000.0
-        return Sample(float(rps.group(1)), p50_ms, done)
+        return self.loadgen.load(self.targets[transport, kind], conns, duration)
 
 
 @dataclass(frozen=True)
@@ -477,10 +231,6 @@ def summarise(
     )
 
 
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def run(args: argparse.Namespace) -> int:
     check_tools()
     server_cpu, client_cpu = placement()
@@ -500,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             inproc = InProcess(server_cpu)  # builds while the servers load
             bench.wait_ready(inproc.predicted_class())
             results = measure(bench, inproc, args.repeats, args.duration)
-    except BenchError as exc:
+    except LoadError as exc:
         print(f"wiremark: error: {exc}", file=sys.stderr)
         return 1
     finally:
