@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,31 +192,40 @@ def payload(transport: str, tmp: Path, model: str = "iris") -> tuple[str, bytes,
     return media, body, file
 
 
+def least_disturbed(measure: Callable[[], Sample], cores: list[int], label: str) -> Sample:
+    """Run `measure` and re-run it (up to MAX_RETRIES times) while the hypervisor stole more
+    than STEAL_LIMIT of any of `cores`, which this shared machine does in bursts. The least
+    disturbed sample is kept and carries its steal share."""
+    best: Sample | None = None
+    for _ in range(MAX_RETRIES + 1):
+        before = steal_ticks(cores)
+        start = time.perf_counter()
+        sample = measure()
+        sample.steal = steal_share(before, steal_ticks(cores), time.perf_counter() - start)
+        if best is None or sample.steal < best.steal:
+            best = sample
+        if sample.steal <= STEAL_LIMIT:
+            break
+        log(f"      {label}: {sample.steal:.0%} of CPU stolen, again")
+    assert best is not None
+    return best
+
+
 class LoadGenerator:
     """wrk and h2load on the client core; `load()` measures one target at one concurrency."""
 
     def __init__(self, tmp: Path, server_cpu: str | None, client_cpu: str | None) -> None:
         self.tmp, self.server_cpu, self.client_cpu = tmp, server_cpu, client_cpu
 
+    @property
+    def cores(self) -> list[int]:
+        return [int(c) for c in (self.server_cpu, self.client_cpu) if c is not None]
+
     def load(self, target: Target, conns: int, duration: int) -> Sample:
-        """One measurement; re-run (up to MAX_RETRIES times) while the hypervisor stole more
-        than STEAL_LIMIT of either core's time, which this shared machine does in bursts.
-        The least disturbed sample is kept and carries its steal share."""
-        best: Sample | None = None
-        for _ in range(MAX_RETRIES + 1):
-            cores = [int(c) for c in (self.server_cpu, self.client_cpu) if c is not None]
-            before = steal_ticks(cores)
-            start = time.perf_counter()
-            sample = self._load_once(target, conns, duration)
-            wall = time.perf_counter() - start
-            sample.steal = steal_share(before, steal_ticks(cores), wall)
-            if best is None or sample.steal < best.steal:
-                best = sample
-            if sample.steal <= STEAL_LIMIT:
-                break
-            log(f"      {target.url} c={conns}: {sample.steal:.0%} of CPU stolen, again")
-        assert best is not None
-        return best
+        """One wrk or h2load measurement, re-run while the hypervisor steals (see
+        `least_disturbed`)."""
+        label = f"{target.url} c={conns}"
+        return least_disturbed(lambda: self._load_once(target, conns, duration), self.cores, label)
 
     def _load_once(self, target: Target, conns: int, duration: int) -> Sample:
         if target.grpc:

@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve(sub)
-    from wiremark.harness import conformance, overhead
+    from wiremark.harness import calibrate, conformance, overhead
 
+    calibrate.add_parser(sub)
     conformance.add_parser(sub)
     overhead.add_parser(sub)
     return parser

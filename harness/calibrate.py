@@ -1,0 +1,199 @@
+"""`wiremark calibrate`: can the Locust harness be trusted to measure these servers?
+
+Drives the same iris servers with the harness (Locust users, `harness/cell.py`) and with
+the C tools (wrk for HTTP, h2load for gRPC frames) and prints, per transport, throughput at
+16 concurrent requests and p50 at 1, side by side. Servers on one core, the load
+generator (either kind) on the other; harness and tool alternate per repetition; medians.
+A harness whose client CPU nears 100% is the bottleneck, not the server: the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from wiremark.payloads.contract import GRPC_METHODS, Family, grpc_path, predict_path
+
+from .launch import ServerProcess
+from .loadgen import (
+    LoadError,
+    LoadGenerator,
+    Sample,
+    Target,
+    check_tools,
+    least_disturbed,
+    log,
+    payload,
+    placement,
+)
+
+MODEL = "iris"
+TRANSPORTS = ("grpc", "json", "msgpack")
+CLIENT_BOUND = 0.9
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from wiremark.cli import _positive
+
+    p = sub.add_parser(
+        "calibrate",
+        help="the Locust harness beside wrk/h2load on the same servers",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print a JSON list, one object per transport"
+    )
+    p.add_argument(
+        "--duration", type=_positive, default=3, help="seconds per measurement (default: 3)"
+    )
+    p.add_argument("--repeats", type=_positive, default=3, help="repetitions; medians (default: 3)")
+    p.set_defaults(run=run)
+
+
+def harness_sample(
+    transport: str, server: ServerProcess, users: int, duration: int, cpu: str | None
+) -> Sample:
+    """One Locust cell (`harness/cell.py`) in its own process, pinned to `cpu`."""
+    address = server.address
+    argv = [sys.executable, "-m", "wiremark.harness.cell", "--transport", transport]
+    argv += [
+        "--address",
+        address,
+        "--model",
+        MODEL,
+        "--users",
+        str(users),
+        "--duration",
+        str(duration),
+    ]
+    if cpu is not None:
+        argv = ["taskset", "-c", cpu, *argv]
+    assert server.proc is not None
+    server_proc = psutil.Process(server.proc.pid)
+    server_before, start = sum(server_proc.cpu_times()[:2]), time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, check=False)
+    server_cpu = (sum(server_proc.cpu_times()[:2]) - server_before) / (time.perf_counter() - start)
+    if done.returncode != 0:
+        raise LoadError(f"harness cell failed: {done.stderr.strip()[-400:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if out["errors"] or not out["requests"]:
+        raise LoadError(
+            f"harness cell {transport}: {out['requests']} requests, {out['errors']} errors"
+        )
+    # server CPU over the cell's whole process life (warm-up and start-up included)
+    return Sample(out["rps"], out["p50"], out["requests"], server_cpu, out["client_cpu"])
+
+
+@dataclass
+class Row:
+    transport: str
+    harness_rps: float
+    tool_rps: float
+    harness_p50_ms: float
+    tool_p50_ms: float
+    harness_client_cpu: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "transport": self.transport,
+            "harness_rps": self.harness_rps,
+            "tool_rps": self.tool_rps,
+            "harness_p50_ms": self.harness_p50_ms,
+            "tool_p50_ms": self.tool_p50_ms,
+        }
+
+
+def run(args: argparse.Namespace) -> int:
+    check_tools()
+    server_cpu, client_cpu = placement()
+    log(f"wiremark calibrate: {MODEL}, servers on core {server_cpu}, load on core {client_cpu}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="wiremark-calibrate-") as tmp, ExitStack() as stack:
+            servers = {t: ServerProcess(t, ("--models", MODEL), server_cpu) for t in TRANSPORTS}
+            for server in servers.values():
+                stack.callback(server.stop)
+                server.start()
+            for server in servers.values():
+                server.wait_ready()
+            loadgen = LoadGenerator(Path(tmp), server_cpu, client_cpu)
+            targets = {}
+            for t, server in servers.items():
+                media, body, file = payload(t, Path(tmp), MODEL)
+                path = (
+                    grpc_path(GRPC_METHODS[Family.TABULAR]) if t == "grpc" else predict_path(MODEL)
+                )
+                targets[t] = Target(server, path, media, body, False, file)
+                targets[t].verify(expected_class=0)  # iris row 0 is a setosa
+            rows = [measure(t, targets[t], loadgen, args) for t in TRANSPORTS]
+    except LoadError as exc:
+        print(f"wiremark: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    else:
+        print(table(rows, args))
+    return 0
+
+
+def measure(
+    transport: str, target: Target, loadgen: LoadGenerator, args: argparse.Namespace
+) -> Row:
+    runs: dict[str, list[Sample]] = {"h16": [], "t16": [], "h1": [], "t1": []}
+    for r in range(1, args.repeats + 1):
+        for conns in (16, 1):
+
+            def harness(users: int = conns) -> Sample:
+                cpu = loadgen.client_cpu
+                return harness_sample(transport, target.server, users, args.duration, cpu)
+
+            label = f"{transport} harness c={conns}"
+            runs[f"h{conns}"].append(least_disturbed(harness, loadgen.cores, label))
+            runs[f"t{conns}"].append(loadgen.load(target, conns, args.duration))
+            log(f"[{r}/{args.repeats}] {transport:<7} c={conns:<2} harness {runs[f'h{conns}'][-1]}")
+            log(f"[{r}/{args.repeats}] {transport:<7} c={conns:<2} tool    {runs[f't{conns}'][-1]}")
+    med = statistics.median
+    return Row(
+        transport,
+        harness_rps=round(med(s.rps for s in runs["h16"]), 1),
+        tool_rps=round(med(s.rps for s in runs["t16"]), 1),
+        harness_p50_ms=round(med(s.p50_ms for s in runs["h1"]), 4),
+        tool_p50_ms=round(med(s.p50_ms for s in runs["t1"]), 4),
+        harness_client_cpu=round(med(s.client_cpu for s in runs["h16"]), 2),
+    )
+
+
+def table(rows: list[Row], args: argparse.Namespace) -> str:
+    head = (
+        f"{'transport':<9} {'harness rps':>11} {'tool rps':>9} {'ratio':>6} "
+        f"{'harness p50':>11} {'tool p50':>9} {'ratio':>6}  harness client CPU"
+    )
+    lines = [
+        f"iris, 1 row; c16 throughput and c1 p50 (ms); medians of {args.repeats} x "
+        f"{args.duration} s; tool: wrk (HTTP), h2load (gRPC)",
+        "",
+        head,
+        "-" * len(head),
+    ]
+    for r in rows:
+        bound = "  CLIENT-BOUND" if r.harness_client_cpu >= CLIENT_BOUND else ""
+        rps_ratio = r.harness_rps / r.tool_rps
+        p50_ratio = r.harness_p50_ms / r.tool_p50_ms
+        lines.append(
+            f"{r.transport:<9} {r.harness_rps:>11.0f} {r.tool_rps:>9.0f} {rps_ratio:>6.2f} "
+            f"{r.harness_p50_ms:>11.3f} {r.tool_p50_ms:>9.3f} {p50_ratio:>6.2f}  "
+            f"{r.harness_client_cpu:.0%}{bound}"
+        )
+    lines.append("target: harness within 10% of the tool (ratios 0.90-1.10)")
+    return "\n".join(lines)
