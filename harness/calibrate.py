@@ -25,6 +25,7 @@ import psutil
 
 from wiremark.payloads.contract import GRPC_METHODS, Family, grpc_path, predict_path
 
+from .clients import TRANSPORTS
 from .launch import ServerProcess
 from .loadgen import (
     LoadError,
@@ -39,7 +40,6 @@ from .loadgen import (
 )
 
 MODEL = "iris"
-TRANSPORTS = ("grpc", "json", "msgpack")
 CLIENT_BOUND = 0.9
 
 

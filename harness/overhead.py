@@ -36,6 +36,7 @@ from wiremark.payloads.contract import (
 from wiremark.payloads.samples import iris_rows
 from wiremark.servers.echo import GRPC_ECHO_PATH, HTTP_ECHO_PATH
 
+from .clients import TRANSPORTS
 from .launch import ServerProcess, ServerStartError
 from .loadgen import (
     LoadError,
@@ -50,7 +51,6 @@ from .loadgen import (
 )
 
 MODEL = "iris"
-TRANSPORTS = ("grpc", "json", "msgpack")
 EFFICIENCY_TARGET = 0.80
 TAX_TARGET = 1.3
 INPROC_CALLS = 2000
