@@ -32,6 +32,7 @@ from .loadgen import (
     LoadGenerator,
     Sample,
     Target,
+    add_run_options,
     check_tools,
     least_disturbed,
     log,
@@ -44,21 +45,13 @@ CLIENT_BOUND = 0.9
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from wiremark.cli import _positive
-
     p = sub.add_parser(
         "calibrate",
         help="the Locust harness beside wrk/h2load on the same servers",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--json", action="store_true", help="print a JSON list, one object per transport"
-    )
-    p.add_argument(
-        "--duration", type=_positive, default=3, help="seconds per measurement (default: 3)"
-    )
-    p.add_argument("--repeats", type=_positive, default=3, help="repetitions; medians (default: 3)")
+    add_run_options(p)
     p.set_defaults(run=run)
 
 

@@ -9,6 +9,7 @@ without data (a gRPC error still answers HTTP 200).
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import resource
@@ -33,6 +34,24 @@ from wiremark.payloads.samples import iris_rows
 from .launch import ServerProcess
 
 TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "taskset": "util-linux"}
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """--json, --duration and --repeats, as every command that drives the load tools has."""
+    from wiremark.cli import _positive
+
+    parser.add_argument(
+        "--json", action="store_true", help="print a JSON list, one object per transport"
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive,
+        default=3,
+        help="seconds per measurement, whole (wrk's unit), after a 1 s warm-up (default: 3)",
+    )
+    parser.add_argument(
+        "--repeats", type=_positive, default=3, help="repetitions; figures are medians (default: 3)"
+    )
 
 
 def check_tools() -> None:

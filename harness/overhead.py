@@ -43,6 +43,7 @@ from .loadgen import (
     LoadGenerator,
     Sample,
     Target,
+    add_run_options,
     check_tools,
     log,
     payload,
@@ -57,31 +58,18 @@ INPROC_CALLS = 2000
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from wiremark.cli import _positive
-
     p = sub.add_parser(
         "overhead",
         help="each server's throughput and latency beside a bare echo and the model in-process",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--json", action="store_true", help="print a JSON list, one object per transport"
-    )
-    p.add_argument(
-        "--duration",
-        type=_positive,
-        default=3,
-        help="seconds per measurement, whole (wrk's unit), after a 1 s warm-up (default: 3)",
-    )
-    p.add_argument(
-        "--repeats", type=_positive, default=3, help="repetitions; figures are medians (default: 3)"
-    )
+    add_run_options(p)
     p.add_argument(
         "--grpc-mode",
         choices=("threads", "aio"),
         default="threads",
-        help="grpcio server flavour, for the model server and its echo (default: aio)",
+        help="grpcio server flavour, for the model server and its echo (default: threads)",
     )
     p.set_defaults(run=run)
 

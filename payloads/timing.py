@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import time
 
-STAGES = ("decode", "infer", "encode")
-
 
 class Laps:
     """Per-stage wall time of one request, as laps of one stopwatch: `lap("decode")` closes

@@ -21,17 +21,17 @@ import logging
 import signal
 import threading
 from collections.abc import Sequence
-from concurrent import futures
 from typing import Any
 
 import grpc
 from fastapi import FastAPI, Request
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from starlette.responses import Response
 
-from .grpc_server import DEFAULT_THREADS, GRPC_MODES, server_options
+from wiremark.payloads.contract import DEFAULT_MAX_BODY_BYTES
+
+from .grpc_server import GRPC_MODES, bind_insecure, new_server
 from .serve import bind_socket, uvicorn_config
-from .service import ModelService, ServiceConfig
 
 log = logging.getLogger("wiremark.echo")
 
@@ -42,38 +42,28 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 def _grpc_server(mode: str) -> tuple[Any, Any]:
-    """The grpc server and its health servicer, built like `GrpcServer._build`."""
-    options = server_options(ModelService(ServiceConfig(models=())))
+    """The grpc server and its health servicer, built as the model server builds them."""
+    server, servicer = new_server(mode, DEFAULT_MAX_BODY_BYTES)
     if mode == "aio":
 
-        async def echo_aio(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        async def echo(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
             return data
 
-        server: Any = grpc.aio.server(options=options)
-        servicer: Any = health.aio.HealthServicer()
-        handler = grpc.unary_unary_rpc_method_handler(echo_aio)
     else:
 
-        def echo_threads(data: bytes, context: grpc.ServicerContext) -> bytes:
+        def echo(data: bytes, context: grpc.ServicerContext) -> bytes:  # type: ignore[misc]
             return data
 
-        executor = futures.ThreadPoolExecutor(max_workers=DEFAULT_THREADS)
-        server = grpc.server(executor, options=options)
-        servicer = health.HealthServicer()
-        handler = grpc.unary_unary_rpc_method_handler(echo_threads)
+    handler = grpc.unary_unary_rpc_method_handler(echo)
     generic = grpc.method_handlers_generic_handler(GRPC_ECHO_SERVICE, {"Echo": handler})
     server.add_generic_rpc_handlers((generic,))
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return server, servicer
 
 
 def _bind(server: Any, host: str, port: int) -> int:
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise OSError(f"could not bind gRPC to {address}")
+    bound = bind_insecure(server, host, port)
     log.info("listening on %s:%d (echo grpc)", host, bound)
-    return int(bound)
+    return bound
 
 
 async def run_grpc_aio(host: str, port: int) -> None:

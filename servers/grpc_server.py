@@ -51,12 +51,36 @@ GRPC_MODES = ("threads", "aio")  # the first is the default
 DEFAULT_THREADS = 16  # the thread-pool server's workers
 
 
-def server_options(service: ModelService) -> list[tuple[str, Any]]:
+def server_options(max_body_bytes: int) -> list[tuple[str, Any]]:
     return [
-        ("grpc.max_receive_message_length", service.config.max_body_bytes),
+        ("grpc.max_receive_message_length", max_body_bytes),
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 1),  # lets --workers N share one port
     ]
+
+
+def new_server(mode: str, max_body_bytes: int, threads: int = DEFAULT_THREADS) -> tuple[Any, Any]:
+    """A grpc server of the mode, with the settings every server here shares (the model
+    server and the echo of `wiremark overhead`), and its health servicer, registered.
+    In asyncio mode this must run inside the event loop."""
+    options = server_options(max_body_bytes)
+    if mode == "aio":
+        server: Any = grpc.aio.server(options=options)
+        servicer: Any = health.aio.HealthServicer()
+    else:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
+        servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return server, servicer
+
+
+def bind_insecure(server: Any, host: str, port: int) -> int:
+    """Bind host:port (port 0 picks one) and return the port bound."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = int(server.add_insecure_port(address))
+    if bound == 0:
+        raise OSError(f"could not bind gRPC to {address}")
+    return bound
 
 
 class Handlers:
@@ -215,25 +239,19 @@ class GrpcServer:
     def _build(self) -> None:
         """Create the grpc server; in asyncio mode this must run inside the event loop."""
         delay_s = self.service.config.inject_delay_ms / 1000.0
-        options = server_options(self.service)
+        self.server, self.health = new_server(
+            self.mode, self.service.config.max_body_bytes, self.threads
+        )
+        impl: AioInference | ThreadInference
         if self.mode == "aio":
-            self.server = grpc.aio.server(options=options)
-            self.health = health.aio.HealthServicer()
-            impl: AioInference | ThreadInference = AioInference(Handlers(self.service), delay_s)
+            impl = AioInference(Handlers(self.service), delay_s)
         else:
-            executor = futures.ThreadPoolExecutor(max_workers=self.threads)
-            self.server = grpc.server(executor, options=options)
-            self.health = health.HealthServicer()
             impl = ThreadInference(Handlers(self.service), delay_s)
         self.server.add_generic_rpc_handlers((generic_handler(impl),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(REFLECTED, self.server)
 
     def bind(self) -> int:
-        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"could not bind gRPC to {address}")
+        self.port = bind_insecure(self.server, self.host, self.port)
         return self.port
 
     def set_serving(self, serving: bool) -> list[Any]:
@@ -279,7 +297,11 @@ class GrpcServer:
         self.set_serving(False)
         self.server.start()
         on_bound(port)
-        self.service.load_in_background(on_ready=lambda: self.set_serving(True))
+
+        def serving() -> None:
+            self.set_serving(True)
+
+        self.service.load_in_background(on_ready=serving)
         while not stop.wait(0.2):
             if self.service.error is not None:
                 self.server.stop(0)

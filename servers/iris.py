@@ -11,6 +11,7 @@ from .runner import ARTEFACTS, Runner
 
 INPUT = "rows of 4 float32 features: sepal length, sepal width, petal length, petal width (cm)"
 OUTPUT = "per row: class_id (0 setosa, 1 versicolor, 2 virginica) and 3 float32 probabilities"
+SAMPLE = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
 
 class IrisMLP(Runner):
@@ -31,7 +32,7 @@ class IrisMLP(Runner):
         return Classes(probabilities.argmax(axis=1), probabilities)
 
     def sample(self) -> np.ndarray:
-        return np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+        return SAMPLE
 
 
 class IrisForest(Runner):
@@ -59,4 +60,4 @@ class IrisForest(Runner):
         return Classes(probabilities.argmax(axis=1), probabilities)
 
     def sample(self) -> np.ndarray:
-        return IrisMLP.sample(self)  # type: ignore[arg-type]
+        return SAMPLE

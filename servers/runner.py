@@ -8,6 +8,7 @@ returns the prediction type of its family; bad input raises `InvalidInput`.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import time
@@ -65,7 +66,7 @@ class Runner(ABC):
             "input": self.input_spec,
             "output": self.output_spec,
             "max_batch": self.max_batch,
-            "versions": versions(),
+            "versions": dict(versions()),
         }
 
 
@@ -78,6 +79,7 @@ def _version(package: str) -> str:
     return "unknown"
 
 
+@functools.cache  # package versions do not change while the process runs
 def versions() -> dict[str, str]:
     packages = (
         "tensorflow-cpu",
