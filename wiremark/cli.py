@@ -1,4 +1,4 @@
-"""The `wiremark` command: serve, overhead (and, as they land, bench, conform, report, gate).
+"""The `wiremark` command: serve, bench, conform, report, gate, calibrate, overhead.
 
 Errors a user can act on print one line, `wiremark: error: ...`, and exit 2; no traceback.
 """
@@ -137,10 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve(sub)
-    from wiremark.harness import calibrate, conformance, overhead
+    from wiremark.harness import bench, calibrate, conformance, overhead
+    from wiremark.reports import gate, report
 
-    calibrate.add_parser(sub)
+    bench.add_parser(sub)
     conformance.add_parser(sub)
+    report.add_parser(sub)
+    gate.add_parser(sub)
+    calibrate.add_parser(sub)
     overhead.add_parser(sub)
     return parser
 

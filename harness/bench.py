@@ -1,0 +1,9 @@
+"""`wiremark bench` (being written)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("bench", help="(not yet)")

@@ -1,0 +1,9 @@
+"""`wiremark gate` (being written)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("gate", help="(not yet)")

@@ -1,0 +1,135 @@
+"""Synthetic result files for testing the report and the gate without running a benchmark.
+
+The figures are plausible, not measured: latency grows with concurrency and payload, gRPC
+is a little faster than MessagePack, which is a little faster than JSON. `slowdown` scales
+every latency (and divides throughput), as a regression would; `noise` is the relative
+spread between trials.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wiremark.reports.records import ResultWriter
+
+MODELS = {"iris": (0.35, 90, 60), "mnist": (0.9, 1100, 120), "face": (45.0, 21000, 300)}
+SPEED = {"grpc": 1.0, "msgpack": 1.08, "json": 1.3}
+
+
+def meta(run_id: str) -> dict[str, Any]:
+    return {
+        "wiremark": "0.1.0",
+        "run_id": run_id,
+        "started": "2026-11-22T10:00:00Z",
+        "commit": "0000000",
+        "scenario": {"name": "synthetic", "models": list(MODELS), "duration_s": 5},
+        "machine": {"hostname": "test", "platform": "Linux", "cpu_model": "x", "cpus": 2},
+        "versions": {"python": "3.11", "grpcio": "1.85.1", "protobuf": "7.35.1"},
+        "placement": {"server_cpus": "0", "client_cpus": "1", "note": "synthetic"},
+        "settings": {"grpc": "threads", "json": "uvicorn+uvloop+httptools"},
+    }
+
+
+def cell(
+    model: str,
+    transport: str,
+    users: int,
+    trial: int,
+    rng: Any,
+    slowdown: float,
+    noise: float,
+    mode: str = "closed",
+    rate: float | None = None,
+) -> dict[str, Any]:
+    base, req_bytes, resp_bytes = MODELS[model]
+    p50 = base * SPEED[transport] * (1 + 0.08 * users) * slowdown * (1 + noise * rng.normal())
+    rps = users / p50 * 1000.0
+    body = req_bytes * (1.35 if transport == "json" else 1.0)
+    return {
+        "trial": trial,
+        "model": model,
+        "transport": transport,
+        "mode": mode,
+        "concurrency": users,
+        "rate": rate,
+        "arrival": "constant" if rate else None,
+        "batch": 1,
+        "encoding": "raw",
+        "compression": "none",
+        "duration_s": 5.0,
+        "requests": int(rps * 5),
+        "errors": 0,
+        "rps": round(rps, 1),
+        "p50_ms": p50,
+        "p90_ms": p50 * 1.4,
+        "p95_ms": p50 * 1.6,
+        "p99_ms": p50 * 2.2,
+        "p999_ms": p50 * 3.5,
+        "max_ms": p50 * 6,
+        "mean_ms": p50 * 1.1,
+        "late": 0 if rate else None,
+        "dropped": 0 if rate else None,
+        "request_bytes": body,
+        "response_bytes": resp_bytes,
+        "wire_up_bytes": body + 120,
+        "wire_down_bytes": resp_bytes + 140,
+        "client_cpu_ms": 0.2,
+        "server_cpu_ms": 0.3 * SPEED[transport],
+        "client_cpu_share": 0.6,
+        "server_peak_rss_mb": 900.0,
+        "server_decode_ms": 0.02,
+        "server_infer_ms": base * 0.3,
+        "server_encode_ms": 0.01,
+        "client_encode_ms": 0.01,
+        "client_decode_ms": 0.01,
+        "inprocess_ms": base * 0.3,
+        "processes": 1,
+        "client_bound": False,
+        "scaling": "server-bound",
+        "sampled": 10,
+        "sample_mismatches": 0,
+        "valid": True,
+        "invalid_reasons": [],
+    }
+
+
+def write_run(
+    out_dir: Path,
+    *,
+    run_id: str = "synthetic",
+    trials: int = 3,
+    slowdown: float = 1.0,
+    noise: float = 0.02,
+    seed: int = 0,
+    concurrency: tuple[int, ...] = (1, 8),
+) -> Path:
+    rng = np.random.default_rng(seed)
+    writer = ResultWriter(out_dir, meta(run_id))
+    writer.set(
+        "conformance",
+        [
+            {
+                "model": m,
+                "transport": t,
+                "inputs": 10,
+                "mismatches": [],
+                "worst": 1e-8,
+                "passed": True,
+            }
+            for m in MODELS
+            for t in SPEED
+        ],
+    )
+    for trial in range(trials):
+        for model in MODELS:
+            for transport in SPEED:
+                for users in concurrency:
+                    writer.add_cell(cell(model, transport, users, trial, rng, slowdown, noise))
+                writer.add_cell(
+                    cell(model, transport, 4, trial, rng, slowdown, noise, mode="open", rate=100.0)
+                )
+    writer.set("finished", "2026-11-22T10:05:00Z")
+    return writer.json_path
