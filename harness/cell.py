@@ -1,27 +1,56 @@
-"""One closed-loop cell in a fresh process: N Locust users against one server, for a fixed
-time after a warm-up, with every latency kept (no histogram buckets).
+"""One load cell in a fresh process: Locust users against one server, for a fixed time after
+a warm-up, with every latency kept (no histogram buckets).
 
     python -m wiremark.harness.cell --transport grpc --address 127.0.0.1:50051 \\
         --model iris --users 16 --duration 5 [--warmup 1] [--batch 1] [--encoding raw]
+        [--rate 500 [--arrival constant|poisson]] [--compression gzip]
+        [--server-pid PID] [--sample 20] [--raw latencies.npy] [--wire-requests 50]
 
-prints one JSON object: requests, errors, rps, p50/p90/p95/p99/p999/max in ms, mean reply
-bytes, and the load generator's CPU share. A fresh process because grpcio must be patched
-for gevent before any channel exists (see `harness/users.py`).
+The measured window lasts `--duration` seconds, and longer if it has fewer than
+`--min-requests` replies by then, up to `--max-duration`.
+
+Closed loop (no `--rate`): `--users` users, each sending its next request as soon as the
+last one returns. Open loop (`--rate R`): sends are scheduled at R per second (evenly, or
+as a Poisson process) whatever the server does, over at most `--users` connections; the
+latency of each counts from its *intended* send time, so a stalled server cannot hide its
+own latency (coordinated omission). A send that starts more than 1 ms behind schedule is
+counted late; one that waited `--max-wait` seconds for a free connection is dropped.
+
+Prints one JSON object: requests, errors, rps, p50/p90/p95/p99/p999/max/mean in ms, the
+mean reply bytes, the load generator's CPU (seconds and share of a core), the server's CPU
+seconds and peak memory when `--server-pid` is given, late and dropped sends, and up to
+`--sample` replies (base64, with their Server-Timing) for the caller to check. `--raw FILE`
+saves every latency (float64 ms, numpy .npy) so several processes can be merged.
+
+`--wire-requests N` first sends N requests, one at a time, through a counting TCP relay
+(after a few uncounted ones that open the connection) and reports the bytes on the wire per
+request each way, headers and framing included: a separate pass on its own connection, so
+the timed load never goes through the relay.
+
+A fresh process because grpcio must be patched for gevent before any channel exists (see
+`harness/users.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import json
+import os
 import resource
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .loadgen import CLOCK_TICKS, steal_ticks
+
 PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p999": 99.9}
+LATE_MS = 1.0
 
 
 def batch_for(model: str, size: int) -> Any:
@@ -34,22 +63,180 @@ def batch_for(model: str, size: int) -> Any:
     return (samples.face_images(sizes=(160,)) * size)[:size]
 
 
-def summarise(
-    latencies_ms: list[float], errors: int, wall_s: float, reply_bytes: int, cpu_s: float
-) -> dict[str, Any]:
+def percentiles(latencies_ms: Any) -> dict[str, float | None]:
     values = np.asarray(latencies_ms, dtype=np.float64)
-    out: dict[str, Any] = {
-        "requests": int(values.size),
-        "errors": errors,
-        "duration_s": round(wall_s, 3),
-        "rps": round(values.size / wall_s, 1) if wall_s > 0 else 0.0,
-        "reply_bytes": round(reply_bytes / values.size, 1) if values.size else 0.0,
-        "client_cpu": round(cpu_s / wall_s, 3) if wall_s > 0 else 0.0,
-    }
+    out: dict[str, float | None] = {}
     for key, q in PERCENTILES.items():
         out[key] = round(float(np.percentile(values, q)), 4) if values.size else None
     out["max"] = round(float(values.max()), 4) if values.size else None
+    out["mean"] = round(float(values.mean()), 4) if values.size else None
     return out
+
+
+def summarise(
+    latencies_ms: Sequence[float], errors: int, wall_s: float, reply_bytes: int, cpu_s: float
+) -> dict[str, Any]:
+    n = len(latencies_ms)
+    return {
+        "requests": n,
+        "errors": errors,
+        "duration_s": round(wall_s, 3),
+        "rps": round(n / wall_s, 1) if wall_s > 0 else 0.0,
+        "reply_bytes": round(reply_bytes / n, 1) if n else 0.0,
+        "client_cpu_s": round(cpu_s, 4),
+        "client_cpu": round(cpu_s / wall_s, 3) if wall_s > 0 else 0.0,
+        **percentiles(latencies_ms),
+    }
+
+
+class ServerWatch:
+    """The server process's CPU seconds over the measured window, and its peak memory."""
+
+    def __init__(self, pid: int | None) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid) if pid else None
+        self.start = 0.0
+
+    def cpu(self) -> float:
+        return sum(self.proc.cpu_times()[:2]) if self.proc else 0.0
+
+    def begin(self) -> None:
+        self.start = self.cpu()
+
+    def end(self) -> dict[str, float | None]:
+        if self.proc is None:
+            return {"server_cpu_s": None, "server_peak_rss_mb": None}
+        used = self.cpu() - self.start
+        peak = None
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
+        return {"server_cpu_s": round(used, 4), "server_peak_rss_mb": peak}
+
+
+class CountingRelay:
+    """A TCP relay on loopback that counts the bytes going each way."""
+
+    def __init__(self, upstream: str) -> None:
+        from gevent.server import StreamServer
+
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.up = self.down = 0
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_port}"
+
+    def _handle(self, client: Any, _peer: Any) -> None:
+        import gevent
+        from gevent import socket
+
+        server = socket.create_connection(self.upstream)
+
+        def pump(src: Any, dst: Any, up: bool) -> None:
+            try:
+                while data := src.recv(65536):
+                    if up:
+                        self.up += len(data)
+                    else:
+                        self.down += len(data)
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for sock in (src, dst):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+
+        gevent.joinall(
+            [gevent.spawn(pump, client, server, True), gevent.spawn(pump, server, client, False)]
+        )
+        server.close()
+        client.close()
+
+    def reset(self) -> None:
+        self.up = self.down = 0
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def wire_bytes(env: Any, cls: Any, requests: int, warm: int = 5) -> dict[str, float]:
+    """Bytes on the wire per request, each way, through a CountingRelay."""
+    relay = CountingRelay(cls.address)
+    try:
+        user = type(cls.__name__, (cls,), {"address": relay.address})(env)
+        user.on_start()
+        failures: list[Any] = []
+
+        def on_request(exception: Any, **_: Any) -> None:
+            if exception is not None:
+                failures.append(exception)
+
+        env.events.request.add_listener(on_request)
+        try:
+            for _ in range(warm):
+                user.predict()
+            relay.reset()
+            for _ in range(requests):
+                user.predict()
+            up, down = relay.up, relay.down
+        finally:
+            env.events.request.remove_listener(on_request)
+            user.on_stop()
+        if failures:
+            raise RuntimeError(f"wire pass: {failures[0]}")
+        return {
+            "wire_up_bytes": round(up / requests, 1),
+            "wire_down_bytes": round(down / requests, 1),
+        }
+    finally:
+        relay.close()
+
+
+class Recorder:
+    """Collects what users report through `events.request`, inside the measured window."""
+
+    def __init__(self, sample: int) -> None:
+        self.measuring = False
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.bytes = 0
+        self.first_error = ""
+        self.sample = sample
+        self.samples: list[dict[str, str]] = []
+
+    def on_request(
+        self,
+        response_time: float,
+        response_length: int,
+        exception: Any,
+        context: dict[str, Any],
+        **_: Any,
+    ) -> None:
+        if not self.measuring:
+            return
+        if exception is not None:
+            self.errors += 1
+            self.first_error = self.first_error or str(exception)[:300]
+            return
+        self.latencies.append(response_time)
+        self.bytes += response_length
+        body = context.get("reply")
+        if body is not None and len(self.samples) < self.sample:
+            self.samples.append(
+                {
+                    "body": base64.b64encode(body).decode(),
+                    "server_timing": context.get("server_timing") or "",
+                }
+            )
 
 
 def run_cell(args: argparse.Namespace) -> dict[str, Any]:
@@ -58,53 +245,103 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
 
     from wiremark.payloads.contract import PixelEncoding
 
-    from .users import Workload, user_class
+    from .users import OpenLoop, Workload, user_class
 
     workload = Workload()
     workload.model, workload.encoding = args.model, PixelEncoding(args.encoding)
     workload.batch = batch_for(args.model, args.batch)
-    env = Environment(user_classes=[user_class(args.transport, args.address, workload)])
-    latencies: list[float] = []
-    state = {"measuring": False, "errors": 0, "bytes": 0}
-
-    def on_request(response_time: float, response_length: int, exception: Any, **_: Any) -> None:
-        if not state["measuring"]:
-            return
-        if exception is not None:
-            state["errors"] += 1
-        else:
-            latencies.append(response_time)
-            state["bytes"] += response_length
-
-    env.events.request.add_listener(on_request)
-    runner = env.create_local_runner()
-    runner.start(args.users, spawn_rate=min(max(args.users * 10, 10), 100))
+    workload.compression = args.compression
+    # the stride that spreads the sampled replies over the window, roughly
+    workload.sample_every = max(1, args.sample_every)
+    cls = user_class(args.transport, args.address, workload)
+    env = Environment(user_classes=[cls])
+    wire = wire_bytes(env, cls, args.wire_requests) if args.wire_requests else {}
+    recorder = Recorder(args.sample)
+    env.events.request.add_listener(recorder.on_request)
+    watch = ServerWatch(args.server_pid)
+    open_loop: OpenLoop | None = None
+    if args.rate:
+        open_loop = OpenLoop(env, cls, args.users, args.rate, args.arrival, args.max_wait)
+        open_loop.start()
+    else:
+        runner = env.create_local_runner()
+        runner.start(args.users, spawn_rate=min(max(args.users * 10, 10), 100))
     gevent.sleep(args.warmup)
+    cores = sorted(os.sched_getaffinity(0))
+    stolen = steal_ticks(cores)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    state["measuring"] = True
+    watch.begin()
+    if open_loop is not None:
+        open_loop.reset_counts()
+    recorder.measuring = True
     start = time.perf_counter()
     gevent.sleep(args.duration)
-    state["measuring"] = False
+    # slow cells run on until they have `--min-requests` replies, up to `--max-duration`
+    limit = start + max(args.duration, args.max_duration)
+    while len(recorder.latencies) < args.min_requests and time.perf_counter() < limit:
+        gevent.sleep(min(0.25, max(0.0, limit - time.perf_counter())))
+    recorder.measuring = False
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_SELF)
-    runner.quit()
+    steal_s = sum(steal_ticks(cores)) - sum(stolen)
+    server = watch.end()
+    counts = open_loop.counts() if open_loop is not None else {"late": None, "dropped": None}
+    if open_loop is not None:
+        open_loop.stop()
+    else:
+        runner.quit()
     cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
-    return summarise(latencies, int(state["errors"]), wall, int(state["bytes"]), cpu)
+    out = summarise(recorder.latencies, recorder.errors, wall, recorder.bytes, cpu)
+    if args.raw:
+        np.save(args.raw, np.asarray(recorder.latencies, dtype=np.float64))
+    return {
+        **out,
+        **server,
+        **counts,
+        **wire,
+        # what the hypervisor took from this process's cores meanwhile: CPU it could not use
+        "steal_s": round(steal_s / CLOCK_TICKS, 4),
+        "first_error": recorder.first_error,
+        "samples": recorder.samples,
+    }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m wiremark.harness.cell", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--transport", choices=("grpc", "json", "msgpack"), required=True)
     parser.add_argument("--address", required=True, help="HOST:PORT")
     parser.add_argument("--model", default="iris")
-    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument(
+        "--users", type=int, default=16, help="closed loop: users; open loop: connections"
+    )
+    parser.add_argument("--rate", type=float, default=0.0, help="open loop: requests/s")
+    parser.add_argument("--arrival", choices=("constant", "poisson"), default="constant")
+    parser.add_argument("--max-wait", type=float, default=1.0, help="open loop: drop after (s)")
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument(
+        "--min-requests", type=int, default=0, help="run past --duration until this many replies"
+    )
+    parser.add_argument(
+        "--max-duration", type=float, default=0.0, help="but no longer than this (s)"
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--encoding", choices=("raw", "list"), default="raw")
-    args = parser.parse_args(argv)
+    parser.add_argument("--compression", choices=("none", "gzip"), default="none")
+    parser.add_argument("--server-pid", type=int, default=None)
+    parser.add_argument("--sample", type=int, default=0, help="replies to keep for checking")
+    parser.add_argument("--sample-every", type=int, default=50, help="keep every Nth reply")
+    parser.add_argument(
+        "--wire-requests", type=int, default=0, help="first count wire bytes over N requests"
+    )
+    parser.add_argument("--raw", type=Path, default=None, help="save every latency here (.npy)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     print(json.dumps(run_cell(args)))
     return 0
 

@@ -59,16 +59,24 @@ def server_options(max_body_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-def new_server(mode: str, max_body_bytes: int, threads: int = DEFAULT_THREADS) -> tuple[Any, Any]:
+def new_server(
+    mode: str, max_body_bytes: int, threads: int = DEFAULT_THREADS, compression: str = "none"
+) -> tuple[Any, Any]:
     """A grpc server of the mode, with the settings every server here shares (the model
     server and the echo of `wiremark overhead`), and its health servicer, registered.
     In asyncio mode this must run inside the event loop."""
     options = server_options(max_body_bytes)
+    # compressed requests are always accepted; this compresses every reply
+    reply_compression = grpc.Compression.Gzip if compression == "gzip" else None
     if mode == "aio":
-        server: Any = grpc.aio.server(options=options)
+        server: Any = grpc.aio.server(options=options, compression=reply_compression)
         servicer: Any = health.aio.HealthServicer()
     else:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=threads),
+            options=options,
+            compression=reply_compression,
+        )
         servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return server, servicer
@@ -239,8 +247,9 @@ class GrpcServer:
     def _build(self) -> None:
         """Create the grpc server; in asyncio mode this must run inside the event loop."""
         delay_s = self.service.config.inject_delay_ms / 1000.0
+        config = self.service.config
         self.server, self.health = new_server(
-            self.mode, self.service.config.max_body_bytes, self.threads
+            self.mode, config.max_body_bytes, self.threads, config.compression
         )
         impl: AioInference | ThreadInference
         if self.mode == "aio":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,14 +22,17 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 
 from wiremark.payloads import rest, schemas
 from wiremark.payloads.contract import JSON, MODEL_FAMILIES, MSGPACK, MSGPACK_ALIASES, Family
 from wiremark.payloads.errors import (
+    MalformedBody,
     ServerFault,
     TooLarge,
     UnknownModel,
+    UnsupportedMediaType,
     WiremarkError,
     http_status,
 )
@@ -65,7 +69,29 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise TooLarge(f"body exceeds the limit of {limit} bytes", "body")
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "gzip":
+        return gunzip(body, limit)
+    if encoding != "identity":
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r}: send gzip or identity", "content-encoding"
+        )
+    return body
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    """A gzip request body, inflated no further than `limit` bytes (no zip bombs)."""
+    inflate = zlib.decompressobj(wbits=31)
+    try:
+        out = inflate.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise MalformedBody(f"Content-Encoding gzip, but the body is not gzip: {exc}") from None
+    if len(out) > limit or inflate.unconsumed_tail:
+        raise TooLarge(f"inflated body exceeds the limit of {limit} bytes", "body")
+    if not inflate.eof:
+        raise MalformedBody("Content-Encoding gzip, but the gzip stream is truncated")
+    return out
 
 
 def create_app(service: ModelService, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
@@ -92,6 +118,9 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
         summary="Iris, MNIST and face models over JSON or MessagePack (TF Serving's REST shape).",
         lifespan=lifespan,
     )
+    if service.config.compression == "gzip":
+        # every reply, however small, as gRPC's message compression does
+        app.add_middleware(GZipMiddleware, minimum_size=0)
     delay_s = service.config.inject_delay_ms / 1000.0
     limit = service.config.max_body_bytes
 

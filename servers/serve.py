@@ -160,6 +160,8 @@ def worker_argv(options: ServeOptions, port: int) -> list[str]:
         str(options.grace_s),
         "--inject-delay-ms",
         str(s.inject_delay_ms),
+        "--compression",
+        s.compression,
         "--workers",
         "1",
         "--reuse-port",

@@ -29,6 +29,9 @@ class ServiceConfig:
     # NAME -> MODEL: serve MODEL's runner under NAME, a deliberately wrong model for testing
     # that conformance checks catch one
     serve_as: tuple[tuple[str, str], ...] = ()
+    # "gzip": compress every reply (gRPC message compression; HTTP Content-Encoding for
+    # clients that send Accept-Encoding: gzip). Compressed requests are always accepted.
+    compression: str = "none"
 
 
 @dataclass

@@ -93,6 +93,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help="add this delay to every prediction (for testing gates)",
     )
     p.add_argument(
+        "--compression",
+        choices=("none", "gzip"),
+        default="none",
+        help="gzip every reply (compressed requests are always accepted)",
+    )
+    p.add_argument(
         "--serve-as",
         type=_swap,
         action="append",
@@ -123,6 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             max_body_bytes=args.max_body_bytes,
             inject_delay_ms=args.inject_delay_ms,
+            compression=args.compression,
             serve_as=tuple(args.serve_as),
         ),
     )

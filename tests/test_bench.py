@@ -1,0 +1,211 @@
+"""`wiremark bench` end to end: real servers, real Locust cells, records on disk.
+
+One short run (every transport, iris, a closed-loop and an open-loop cell each) is shared by
+the record checks; the others start their own runs: an interrupted run, a client-bound cell,
+a server with the wrong model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from wiremark.harness import scenario as scenarios
+from wiremark.harness.launch import ServerProcess
+from wiremark.reports import records
+
+from .conftest import TRANSPORTS
+
+TINY = """
+[scenario]
+name = "tiny"
+models = ["iris"]
+concurrency = [2]
+rate = [150]
+duration_s = 1.5
+warmup_s = 0.5
+min_requests = 50
+wire_requests = 10
+sample = 5
+"""
+
+
+def bench(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wiremark", "bench", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def scenario_file(tmp: Path, text: str, name: str = "s.toml") -> str:
+    path = tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[records.Run, str]:
+    tmp = tmp_path_factory.mktemp("bench")
+    result = bench("--scenario", scenario_file(tmp, TINY), "--out", str(tmp / "out"), "--no-report")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return records.load(tmp / "out"), result.stderr
+
+
+def test_a_closed_and_an_open_cell_per_transport(tiny_run):
+    run, _ = tiny_run
+    assert run.meta["finished"] and run.meta["scenario"]["name"] == "tiny"
+    assert {(c["transport"], c["mode"]) for c in run.cells} == {
+        (t, m) for t in TRANSPORTS for m in ("closed", "open")
+    }
+    for cell in run.cells:
+        assert cell["valid"], cell["invalid_reasons"]
+        assert cell["errors"] == 0 and cell["requests"] >= 50
+        assert cell["rps"] == pytest.approx(cell["requests"] / cell["duration_s"], rel=0.01)
+        order = [cell[f"{k}_ms"] for k in ("p50", "p90", "p95", "p99", "p999", "max")]
+        assert all(0 < a <= b for a, b in itertools.pairwise(order)), order
+        assert cell["server_cpu_ms"] > 0 and cell["client_cpu_ms"] > 0
+        assert cell["server_peak_rss_mb"] > 50
+        assert cell["sampled"] > 0 and cell["sample_mismatches"] == 0
+        assert cell["server_infer_ms"] is not None and cell["inprocess_ms"] > 0
+    open_cells = [c for c in run.cells if c["mode"] == "open"]
+    for cell in open_cells:  # 150/s for 1.5 s: the schedule held, nothing dropped
+        assert cell["rate"] == 150 and cell["dropped"] == 0
+        assert cell["rps"] == pytest.approx(150, rel=0.2)
+
+
+def test_wire_bytes_exceed_body_bytes(tiny_run):
+    run, _ = tiny_run
+    for cell in run.cells:
+        assert cell["wire_up_bytes"] > cell["request_bytes"] > 0, cell
+        assert cell["wire_down_bytes"] > cell["response_bytes"] > 0, cell
+
+
+def test_conformance_and_environment_are_recorded(tiny_run):
+    run, log = tiny_run
+    assert {(c["model"], c["transport"]) for c in run.conformance} == {
+        ("iris", t) for t in TRANSPORTS
+    }
+    assert all(c["passed"] and c["inputs"] == 150 for c in run.conformance)
+    assert run.meta["versions"]["grpcio"] and run.meta["machine"]["cpus"] >= 1
+    assert run.meta["placement"]["client_cpus"] != run.meta["placement"]["server_cpus"]
+    assert "[  6/6]" in log  # one progress line per cell
+    csv = (run.path.parent / records.RESULTS_CSV).read_text().splitlines()
+    assert len(csv) == 1 + len(run.cells)
+
+
+def test_an_interrupted_run_keeps_the_finished_cells(tmp_path):
+    text = TINY.replace("duration_s = 1.5", "duration_s = 2").replace("rate = [150]", "rate = []")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "wiremark", "bench"),
+            *("--scenario", scenario_file(tmp_path, text), "--out", str(out), "--no-report"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            path = out / records.RESULTS_JSON
+            if path.exists() and json.loads(path.read_text())["cells"]:
+                break
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    run = records.load(out)
+    assert 1 <= len(run.cells) < 3 and run.meta["finished"] is None
+    assert all(c["requests"] > 0 for c in run.cells)
+    time.sleep(1)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_a_client_bound_cell_is_flagged(tmp_path):
+    """gRPC's gevent client needs more CPU per request than the iris server: at 32 users
+    on one core of its own it saturates first, and with no core left it says so."""
+    text = TINY.replace("rate = [150]", "rate = []").replace(
+        "concurrency = [2]", "concurrency = [32]"
+    )
+    text = text.replace('models = ["iris"]', 'models = ["iris"]\ntransports = ["grpc"]')
+    result = bench("--scenario", scenario_file(tmp_path, text), "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (cell,) = records.load(tmp_path / "o").cells
+    assert cell["client_cpu_share"] >= 0.9 and cell["client_bound"] is True
+    assert cell["scaling"].startswith("client-bound: out of cores")
+    assert "CLIENT-BOUND" in result.stderr
+
+
+def test_a_wrong_model_fails_the_run_and_marks_its_cells():
+    with ServerProcess("json", ("--models", "iris", "--serve-as", "iris=iris_rf")) as server:
+        text = TINY.replace("rate = [150]", "rate = []").replace(
+            'models = ["iris"]', 'models = ["iris"]\ntransports = ["json"]'
+        )
+        tmp = Path(__import__("tempfile").mkdtemp())
+        result = bench(
+            "--scenario",
+            scenario_file(tmp, text),
+            "--target",
+            f"json={server.address}",
+            "--out",
+            str(tmp / "o"),
+            "--no-report",
+        )
+    assert result.returncode == 1, result.stderr[-2000:]
+    run = records.load(tmp / "o")
+    assert [c["passed"] for c in run.conformance] == [False]
+    (cell,) = run.cells
+    assert not cell["valid"] and cell["sample_mismatches"] > 0
+    assert cell["server_cpu_ms"] is None  # a server bench did not start
+    assert any("conformance" in r for r in cell["invalid_reasons"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[scenario]\nmodels = ['iris']\nthreads = 4\n", "unknown key(s) threads"),
+        ("[scenario]\nmodels = ['resnet']\n", "unknown models ['resnet']"),
+        ("[scenario]\nconcurrency = []\nrate = ['50%']\n", "give concurrency too"),
+        ("[scenario]\nrate = ['fast']\n", "rate 'fast'"),
+        ("[bench]\n", "unknown table(s) bench"),
+        ("[scenario\n", "s.toml"),
+    ],
+)
+def test_bad_scenarios_are_one_line_errors(tmp_path, text, message):
+    result = bench("--scenario", scenario_file(tmp_path, text), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_shipped_scenarios():
+    quick = scenarios.load("quick")
+    cells = list(quick.cells())
+    assert {(c.model, c.transport) for c in cells} == {
+        (m, t) for m in scenarios.MODELS for t in TRANSPORTS
+    }
+    assert {c.mode for c in cells} == {"closed", "open"}
+    full = scenarios.load("full")
+    assert {c.compression for c in full.cells()} == {"none", "gzip"}
+    assert {c.encoding for c in full.cells() if c.model == "mnist"} == {"raw", "list"}
+    assert {c.encoding for c in full.cells() if c.model != "mnist"} == {"raw"}
+    # a file takes the defaults for what it leaves out
+    partial = scenarios.parse({"scenario": {"models": ["mnist"]}})
+    assert partial.transports == list(TRANSPORTS) and partial.duration_s == 5.0
