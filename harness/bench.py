@@ -239,7 +239,7 @@ class References:
             pixels = PixelEncoding(encoding)
             for t in scenarios.TRANSPORTS:
                 ref.request_bytes[t] = len(encode(t, model, batch, pixels))
-                ref.client_encode_ms[t] = timed(lambda t=t: encode(t, model, batch, pixels))
+                ref.client_encode_ms[t] = timed(functools.partial(encode, t, model, batch, pixels))
             self.cache[key] = ref
         return self.cache[key]
 
@@ -362,7 +362,7 @@ def check_samples(
             timings.setdefault(stage, []).append(ms)
         if decode_ms is None:
             body_bytes = len(body)
-            decode_ms = timed(lambda b=body: decode(spec.transport, spec.model, b))
+            decode_ms = timed(functools.partial(decode, spec.transport, spec.model, body))
     medians = {k: statistics.median(v) for k, v in timings.items()}
     return len(samples), checker.mismatches, medians, decode_ms, body_bytes
 

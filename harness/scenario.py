@@ -116,7 +116,7 @@ class Scenario:
             ("compression", ("none", "gzip")),
         ):
             values = getattr(self, key)
-            need(isinstance(values, list) and values, f"{key} must be a non-empty list")
+            need(isinstance(values, list) and bool(values), f"{key} must be a non-empty list")
             bad = [v for v in values if v not in allowed]
             need(not bad, f"unknown {key} {bad}: choose from {', '.join(allowed)}")
         need(bool(self.concurrency or self.rate), "give concurrency, rate, or both")

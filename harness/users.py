@@ -167,7 +167,7 @@ class RestUser(TransportUser):
             return data, ""
         if response.get("content-encoding") == "gzip":
             data = gzip.decompress(data)
-        return data, response.get("server-timing") or ""
+        return data, str(response.get("server-timing") or "")
 
 
 def user_class(transport: str, address: str, workload: Workload) -> type[TransportUser]:

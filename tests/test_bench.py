@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
@@ -153,12 +154,12 @@ def test_a_client_bound_cell_is_flagged(tmp_path):
     assert "CLIENT-BOUND" in result.stderr
 
 
-def test_a_wrong_model_fails_the_run_and_marks_its_cells():
+def test_a_wrong_model_fails_the_run_and_marks_its_cells(tmp_path):
     with ServerProcess("json", ("--models", "iris", "--serve-as", "iris=iris_rf")) as server:
         text = TINY.replace("rate = [150]", "rate = []").replace(
             'models = ["iris"]', 'models = ["iris"]\ntransports = ["json"]'
         )
-        tmp = Path(__import__("tempfile").mkdtemp())
+        tmp = tmp_path
         result = bench(
             "--scenario",
             scenario_file(tmp, text),
@@ -209,3 +210,18 @@ def test_shipped_scenarios():
     # a file takes the defaults for what it leaves out
     partial = scenarios.parse({"scenario": {"models": ["mnist"]}})
     assert partial.transports == list(TRANSPORTS) and partial.duration_s == 5.0
+
+
+def test_load_processes_merge_full_resolution_latencies(servers, tmp_path):
+    """What worker scaling runs when a cell is client-bound and cores remain: several load
+    processes at once, their every latency merged (not two-digit buckets)."""
+    from wiremark.harness import bench as b
+
+    spec = scenarios.CellSpec("iris", "json", "closed", 4, None, None, 1, "raw", "none")
+    scenario = scenarios.Scenario(duration_s=1.0, warmup_s=0.3, min_requests=10, sample=3)
+    target = b.Target("json", servers["json"].address, servers["json"].proc.pid)
+    merged = b.load_processes(spec, target, None, 2, None, scenario, False, tmp_path)
+    sizes = [len(np.load(tmp_path / f"lat{i}.npy")) for i in range(2)]
+    assert all(n > 10 for n in sizes) and merged["latencies"].size == sum(sizes)
+    assert merged["errors"] == 0 and merged["server_cpu_s"] > 0
+    assert len(merged["samples"]) == 3  # sampled in the first process only
