@@ -112,13 +112,13 @@ def fmt_key(value: Any) -> str:
     return f"{x:g}" if x != int(x) else str(int(x))
 
 
-def describe_variant(batch: Any, encoding: Any, compression: Any) -> str:
-    """The payload variant in words: "batch 1, raw encoding"."""
+def describe_variant(batch: Any, encoding: Any, compression: Any, model: Any = None) -> str:
+    """The payload variant in words: "batch 1" or, for MNIST, "batch 1, raw pixels"."""
     parts = []
     if is_num(batch):
         parts.append(f"batch {fmt_key(batch)}")
-    if encoding:
-        parts.append(f"{encoding} encoding")
+    if encoding and model in (None, "mnist"):  # only MNIST's pixels have an encoding
+        parts.append(f"{encoding} pixels")
     if compression and compression != "none":
         parts.append(f"{compression} compression")
     return ", ".join(parts) or "default payload"
@@ -237,8 +237,10 @@ def cells_frame(runs: Sequence[records.Run]) -> pd.DataFrame:
     )
     df["variant"] = pd.Series(
         [
-            describe_variant(b, e, c)
-            for b, e, c in zip(df["batch"], df["encoding"], df["compression"], strict=True)
+            describe_variant(b, e, c, m)
+            for b, e, c, m in zip(
+                df["batch"], df["encoding"], df["compression"], df["model"], strict=True
+            )
         ],
         index=df.index,
         dtype=object,
@@ -290,8 +292,10 @@ def medians(df: pd.DataFrame, valid_only: bool = False) -> pd.DataFrame:
     out["client_bound"] = grouped["client_bound"].any()
     out = out.reset_index()
     out["variant"] = [
-        describe_variant(b, e, c)
-        for b, e, c in zip(out["batch"], out["encoding"], out["compression"], strict=True)
+        describe_variant(b, e, c, m)
+        for b, e, c, m in zip(
+            out["batch"], out["encoding"], out["compression"], out["model"], strict=True
+        )
     ]
     return _order(out)
 
