@@ -8,12 +8,13 @@ spread between trials.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wiremark.reports.records import ResultWriter
+from wiremark.reports.records import CELL_FIELDS, RESULTS_JSON, SCHEMA_VERSION, ResultWriter
 
 MODELS = {"iris": (0.35, 90, 60), "mnist": (0.9, 1100, 120), "face": (45.0, 21000, 300)}
 SPEED = {"grpc": 1.0, "msgpack": 1.08, "json": 1.3}
@@ -133,3 +134,46 @@ def write_run(
                 )
     writer.set("finished", "2026-11-22T10:05:00Z")
     return writer.json_path
+
+
+def run_doc(
+    *,
+    run_id: str = "synthetic",
+    trials: int = 3,
+    slowdown: float = 1.0,
+    noise: float = 0.02,
+    seed: int = 0,
+    concurrency: tuple[int, ...] = (1, 8),
+) -> dict[str, Any]:
+    """The document `write_run` writes (same cells for the same arguments), built in memory:
+    to edit before `write_doc`, and fast (`write_run` rewrites the file after every cell)."""
+    rng = np.random.default_rng(seed)
+    conformance = [
+        {"model": m, "transport": t, "inputs": 10, "mismatches": [], "worst": 1e-8, "passed": True}
+        for m in MODELS
+        for t in SPEED
+    ]
+    cells = []
+    for trial in range(trials):
+        for model in MODELS:
+            for transport in SPEED:
+                for users in concurrency:
+                    cells.append(cell(model, transport, users, trial, rng, slowdown, noise))
+                cells.append(
+                    cell(model, transport, 4, trial, rng, slowdown, noise, mode="open", rate=100.0)
+                )
+    return {
+        "schema_version": SCHEMA_VERSION,
+        **meta(run_id),
+        "finished": "2026-11-22T10:05:00Z",
+        "conformance": conformance,
+        "cells": [{name: c.get(name) for name in CELL_FIELDS} for c in cells],
+    }
+
+
+def write_doc(out_dir: Path, doc: dict[str, Any]) -> Path:
+    """Write a `run_doc` document as `out_dir/results.json`; returns the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS_JSON
+    path.write_text(json.dumps(doc, indent=1))
+    return path

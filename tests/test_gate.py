@@ -1,0 +1,517 @@
+"""`wiremark gate`: rules, statistics, verdicts and outputs, on synthetic result files (no
+servers). The A/A and injected-slowdown proofs of docs/ci.md run here on synthetic data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shlex
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.synthetic import run_doc, write_doc
+from wiremark.reports import gate, records
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+LATENCY = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms")
+
+
+def wiremark(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wiremark", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def load(doc: dict[str, Any], tmp: Path, name: str) -> records.Run:
+    return records.load(write_doc(tmp / name, doc))
+
+
+def edit(doc: dict[str, Any], fn: Callable[[dict[str, Any]], None], **match: Any) -> int:
+    """Apply `fn` to every cell matching `match`; returns how many."""
+    hits = [c for c in doc["cells"] if all(c[k] == v for k, v in match.items())]
+    for c in hits:
+        fn(c)
+    return len(hits)
+
+
+def add_delay(doc: dict[str, Any], ms: float) -> dict[str, Any]:
+    """Every latency `ms` higher, as `bench --inject-delay-ms` would; closed-loop throughput
+    falls to match (users / latency)."""
+    for c in doc["cells"]:
+        old_mean = c["mean_ms"]
+        for name in LATENCY:
+            c[name] += ms
+        if c["mode"] == "closed":
+            c["rps"] = round(c["rps"] * old_mean / c["mean_ms"], 1)
+    return doc
+
+
+# --- rules -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "sign", "threshold"),
+    [
+        ("p99:+10%", "p99_ms", 1, 10.0),
+        ("rps:-5%", "rps", -1, 5.0),
+        (" p999 : +20.5 % ", "p999_ms", 1, 20.5),
+        ("P50:+0%", "p50_ms", 1, 0.0),
+        ("mean:+3%", "mean_ms", 1, 3.0),
+        ("max:+50%", "max_ms", 1, 50.0),
+        ("server_cpu:+10%", "server_cpu_ms", 1, 10.0),
+        ("client_cpu:+.5%", "client_cpu_ms", 1, 0.5),
+        ("p99_ms:+10%", "p99_ms", 1, 10.0),
+    ],
+)
+def test_rules_parse(text: str, column: str, sign: int, threshold: float) -> None:
+    rule = gate.Rule.parse(text)
+    assert (rule.column, rule.sign, rule.threshold_pct) == (column, sign, threshold)
+    assert gate.Rule.parse(rule.text) == rule
+
+
+def test_rule_semantics_and_defaults() -> None:
+    p99, rps = gate.parse_rules(None)
+    assert (p99.text, rps.text) == gate.DEFAULT_RULES == ("p99:+10%", "rps:-5%")
+    assert p99.worse(10.1) and not p99.worse(10.0) and not p99.worse(-50)
+    assert p99.better(-10.1) and not p99.better(5)
+    assert rps.worse(-5.1) and not rps.worse(-5.0) and not rps.worse(30)
+    assert rps.better(5.1)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("p99", "FIELD:+N%"),
+        ("p99:10%", "FIELD:+N%"),
+        ("p99:+10", "FIELD:+N%"),
+        ("p99:+ten%", "FIELD:+N%"),
+        ("p99:+-10%", "FIELD:+N%"),
+        ("", "FIELD:+N%"),
+        ("latency:+10%", "unknown field 'latency'"),
+        ("rps:+5%", "write rps:-5%"),
+        ("p99:-10%", "write p99:+10%"),
+    ],
+)
+def test_bad_rules(text: str, says: str) -> None:
+    with pytest.raises(gate.RuleError) as err:
+        gate.Rule.parse(text)
+    message = str(err.value)
+    assert repr(text) in message and says in message and "\n" not in message
+
+
+def test_a_field_once() -> None:
+    with pytest.raises(gate.RuleError, match="more than one rule for p99"):
+        gate.parse_rules(["p99:+10%", "p99:+20%"])
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def test_smallest_attainable_p() -> None:
+    assert gate.min_attainable_p(1, 1) == 0.5
+    assert gate.min_attainable_p(2, 2) == pytest.approx(1 / 6)
+    assert gate.min_attainable_p(3, 3) == pytest.approx(0.05)
+    assert gate.min_attainable_p(5, 5) == pytest.approx(1 / 252)
+    assert gate.min_attainable_p(2, 5) == pytest.approx(1 / 21)
+    assert gate.min_attainable_p(0, 5) == 1.0
+    assert gate.trials_needed(0.05) == 3
+    assert gate.trials_needed(0.01) == 5
+    assert gate.trials_needed(0.001) == 7
+
+
+def test_mann_whitney_matches_scipy() -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n_c, n_b = (int(n) for n in rng.integers(2, 7, 2))
+        cur = [float(v) for v in np.round(rng.normal(size=n_c), 1)]  # ties on purpose
+        base = [float(v) for v in np.round(rng.normal(size=n_b), 1)]
+        if min(cur + base) == max(cur + base):
+            continue
+        for alternative in ("greater", "less"):
+            method = stats.PermutationMethod(n_resamples=math.inf)
+            want = stats.mannwhitneyu(cur, base, alternative=alternative, method=method).pvalue
+            assert gate.mann_whitney_p(cur, base, alternative) == pytest.approx(want, abs=1e-9)
+    # complete separation reaches the floor; the same values give p = 1
+    assert gate.mann_whitney_p([4, 5, 6], [1, 2, 3], "greater") == pytest.approx(0.05)
+    assert gate.mann_whitney_p([4, 5, 6], [1, 2, 3], "less") == pytest.approx(1.0)
+    assert gate.mann_whitney_p([1, 1, 1], [1, 1, 1], "greater") == 1.0
+
+
+# --- verdicts --------------------------------------------------------------------------------
+
+
+def test_a_a_passes(tmp_path: Path) -> None:
+    base = load(run_doc(run_id="a1", trials=5, noise=0.02, seed=11), tmp_path, "a1")
+    cur = load(run_doc(run_id="a2", trials=5, noise=0.02, seed=12), tmp_path, "a2")
+    verdict = gate.evaluate(base, cur, None, 0.05)
+    assert verdict.passed and verdict.exit_status == 0, verdict.summary()
+    assert not verdict.regressions and not verdict.failures and not verdict.insufficient
+    assert len(verdict.comparisons) == 54 and verdict.cells_in_common == 27
+    assert not [w for w in verdict.warnings if w.kind == "noise"]
+    changes = [abs(c.change_pct) for c in verdict.comparisons]
+    assert max(changes) < 5
+    assert verdict.markdown().startswith("✅ no regression\n")
+
+
+def test_a_a_noisy_warns_and_wider_rules_pass(tmp_path: Path) -> None:
+    """At 5% trial noise the default rps:-5% is within the noise: the gate says so; rules at
+    2.5x the noise pass the same A/A pair."""
+    base = load(run_doc(run_id="a1", trials=5, noise=0.05, seed=21), tmp_path, "a1")
+    cur = load(run_doc(run_id="a2", trials=5, noise=0.05, seed=22), tmp_path, "a2")
+    noisy = gate.evaluate(base, cur)
+    assert [w for w in noisy.warnings if w.kind == "noise" and "rps:-5%" in w.message]
+    assert 4 < noisy.noise_pct["rps:-5%"] < 6
+    wide = gate.evaluate(base, cur, ["p99:+13%", "rps:-13%"])
+    assert wide.passed and not [w for w in wide.warnings if w.kind == "noise"]
+
+
+def test_slowdown_fails(tmp_path: Path) -> None:
+    base = load(run_doc(run_id="main", trials=5, noise=0.03, seed=1), tmp_path, "base")
+    cur = load(run_doc(run_id="pr", trials=5, noise=0.03, seed=2, slowdown=1.2), tmp_path, "pr")
+    verdict = gate.evaluate(base, cur)
+    assert not verdict.passed and verdict.exit_status == 1
+    assert len(verdict.regressions) == len(verdict.comparisons) == 54
+    named = {(c.cell, c.rule.text): c for c in verdict.regressions}
+    p99 = named["mnist/grpc closed c=8 batch=1 raw", "p99:+10%"]
+    assert p99.p_value == pytest.approx(1 / 252) and 12 < p99.change_pct < 28
+    rps = named["mnist/grpc closed c=8 batch=1 raw", "rps:-5%"]
+    assert -24 < rps.change_pct < -10 and rps.p_value == pytest.approx(1 / 252)
+    assert "p99:+10% mnist/grpc closed c=8 batch=1 raw" in verdict.summary()
+    md = verdict.markdown()
+    assert md.startswith("❌ 54 regressions\n")
+    assert "| `mnist/grpc closed c=8 batch=1 raw` | `p99:+10%` |" in md
+    doc = json.loads(verdict.json())
+    assert doc["passed"] is False and doc["exit_status"] == 1 and len(doc["regressions"]) == 54
+    suite = ET.fromstring(verdict.junit()).find("testsuite")
+    assert suite is not None and suite.get("failures") == "54" and suite.get("tests") == "54"
+
+
+def test_injected_delay_fails_small_models_only(tmp_path: Path) -> None:
+    """+2 ms on every latency (`bench --inject-delay-ms 2`): the sub-millisecond models regress
+    by far more than 10%; the 45 ms face model stays within p99:+10%."""
+    base = load(run_doc(trials=5, noise=0.02, seed=3), tmp_path, "base")
+    cur = load(add_delay(run_doc(trials=5, noise=0.02, seed=4), 2.0), tmp_path, "slow")
+    verdict = gate.evaluate(base, cur)
+    assert verdict.exit_status == 1
+    regressed = {c.key["model"] for c in verdict.regressions}
+    assert regressed == {"iris", "mnist"}
+    face = [c for c in verdict.comparisons if c.key["model"] == "face" and c.rule.name == "p99"]
+    assert face and all(c.verdict == gate.UNCHANGED and c.change_pct < 10 for c in face)
+
+
+def test_improvement(tmp_path: Path) -> None:
+    base = load(run_doc(trials=5, seed=5), tmp_path, "base")
+    cur = load(run_doc(trials=5, seed=6, slowdown=0.8), tmp_path, "fast")
+    verdict = gate.evaluate(base, cur)
+    assert verdict.passed and len(verdict.improvements) == 54
+    assert "🚀 improvement" in verdict.markdown()
+
+
+@pytest.mark.parametrize("trials", [1, 2])
+def test_too_few_trials_are_not_judged_but_loud(tmp_path: Path, trials: int) -> None:
+    base = load(run_doc(trials=trials, seed=7), tmp_path, "base")
+    cur = load(run_doc(trials=trials, seed=8, slowdown=1.5), tmp_path, "slow")
+    verdict = gate.evaluate(base, cur)
+    assert verdict.passed and verdict.exit_status == 0
+    assert len(verdict.insufficient) == len(verdict.comparisons) == 54
+    assert not verdict.regressions
+    first = verdict.insufficient[0]
+    assert first.min_p == pytest.approx(gate.min_attainable_p(trials, trials))
+    assert "would be a regression" in first.note and "need ≥3 per side" in first.note
+    loud = "NOT JUDGED: not enough trials"
+    assert verdict.markdown().splitlines()[0].startswith("✅ no regression found, but ⚠️ 54 of 54")
+    assert loud in verdict.markdown() and "[!WARNING]" in verdict.markdown()
+    assert loud in verdict.summary() and "would-be regression" in verdict.summary()
+    assert "--repeat 5" in verdict.summary()
+    doc = json.loads(verdict.json())
+    assert doc["passed"] is True and len(doc["insufficient"]) == 54
+    assert loud in doc["headline"]
+    suite = ET.fromstring(verdict.junit()).find("testsuite")
+    assert suite is not None and suite.get("skipped") == "54" and suite.get("failures") == "0"
+
+
+def test_three_trials_judge_only_complete_separation(tmp_path: Path) -> None:
+    base = load(run_doc(trials=3, noise=0.02, seed=9), tmp_path, "base")
+    cur = load(run_doc(trials=3, noise=0.02, seed=10, slowdown=1.5), tmp_path, "slow")
+    verdict = gate.evaluate(base, cur)
+    assert not verdict.insufficient and len(verdict.regressions) == 54
+    assert all(c.p_value == pytest.approx(0.05) for c in verdict.regressions)
+
+
+def test_conformance_failure(tmp_path: Path) -> None:
+    base = load(run_doc(trials=5, seed=1), tmp_path, "base")
+    doc = run_doc(trials=5, seed=2)
+    doc["conformance"][4].update(passed=False, mismatches=["class 7 != 1 on input 3"])
+    verdict = gate.evaluate(base, load(doc, tmp_path, "cur"))
+    assert verdict.exit_status == 1 and not verdict.regressions
+    (failure,) = verdict.failures
+    assert failure.kind == "conformance" and failure.cell == "mnist/msgpack"
+    assert "class 7 != 1 on input 3" in failure.message
+    assert verdict.markdown().startswith("❌ 1 conformance/validity failure\n")
+    assert json.loads(verdict.json())["failures"][0]["kind"] == "conformance"
+
+
+def test_sample_mismatch_and_invalid_cells(tmp_path: Path) -> None:
+    base = load(run_doc(trials=5, seed=1), tmp_path, "base")
+    doc = run_doc(trials=5, seed=2)
+    assert edit(doc, lambda c: c.update(sample_mismatches=2), model="iris", transport="json",
+                concurrency=1, trial=3) == 1  # fmt: skip
+    edit(doc, lambda c: c.update(valid=False, invalid_reasons=["ran 2.1 s < 5 s"]),
+         model="face", transport="grpc", concurrency=8, trial=0)  # fmt: skip
+    edit(doc, lambda c: c.update(errors=7), model="face", transport="grpc", concurrency=8, trial=1)
+    verdict = gate.evaluate(base, load(doc, tmp_path, "cur"))
+    assert verdict.exit_status == 1
+    kinds = {(f.kind, f.cell): f.message for f in verdict.failures}
+    assert "2 sampled replies differ" in kinds["conformance", "iris/json closed c=1 batch=1 raw"]
+    invalid = kinds["invalid", "face/grpc closed c=8 batch=1 raw"]
+    assert "trial 0, 1" in invalid and "ran 2.1 s < 5 s" in invalid and "7 errors" in invalid
+    # the invalid trials are left out of the comparison
+    face = next(c for c in verdict.comparisons if c.cell == "face/grpc closed c=8 batch=1 raw")
+    assert len(face.current) == 3 and len(face.baseline) == 5
+    # the CLI says so too
+    cur_path = tmp_path / "cur" / records.RESULTS_JSON
+    result = wiremark("gate", "--baseline", tmp_path / "base", "--current", cur_path)
+    assert result.returncode == 1, result.stderr
+    assert "FAILURE face/grpc closed c=8 batch=1 raw: invalid cell" in result.stdout
+
+
+def test_client_bound_is_a_warning(tmp_path: Path) -> None:
+    base = load(run_doc(trials=5, seed=1), tmp_path, "base")
+    doc = run_doc(trials=5, seed=2, slowdown=1.5)
+    for c in doc["cells"]:
+        c["client_bound"] = True
+    cur = load(doc, tmp_path, "cur")
+    verdict = gate.evaluate(base, cur)
+    assert verdict.passed and not verdict.comparisons and len(verdict.skipped) == 54
+    assert any(w.kind == "client-bound" and "not compared" in w.message for w in verdict.warnings)
+    forced = gate.evaluate(base, cur, include_client_bound=True)
+    assert len(forced.regressions) == 54 and forced.exit_status == 1
+
+
+def test_added_and_removed_cells_are_listed(tmp_path: Path) -> None:
+    base_doc = run_doc(trials=5, seed=1)
+    base_doc["cells"] = [c for c in base_doc["cells"] if c["model"] != "face"]
+    cur_doc = run_doc(trials=5, seed=2)
+    cur_doc["cells"] = [c for c in cur_doc["cells"] if c["transport"] != "json"]
+    verdict = gate.evaluate(load(base_doc, tmp_path, "b"), load(cur_doc, tmp_path, "c"))
+    assert verdict.passed and verdict.cells_in_common == 12
+    assert "face/grpc closed c=1 batch=1 raw" in verdict.added and len(verdict.added) == 6
+    assert "iris/json closed c=1 batch=1 raw" in verdict.removed and len(verdict.removed) == 6
+    assert "cells only in the current run" in verdict.markdown()
+
+
+def test_meta_differences_are_warnings(tmp_path: Path) -> None:
+    base = run_doc(run_id="b", trials=5, seed=1)
+    cur = run_doc(run_id="c", trials=5, seed=2)
+    cur["machine"] = {**cur["machine"], "cpus": 8}
+    cur["versions"] = {**cur["versions"], "grpcio": "1.86.0"}
+    cur["finished"] = None
+    verdict = gate.evaluate(load(base, tmp_path, "b"), load(cur, tmp_path, "c"))
+    assert verdict.passed
+    kinds = {w.kind: w.message for w in verdict.warnings}
+    assert "cpus 2 -> 8" in kinds["machine"] and "grpcio 1.85.1 -> 1.86.0" in kinds["versions"]
+    assert "did not finish" in kinds["run"]
+
+
+def test_unusable_input_raises(tmp_path: Path) -> None:
+    base = run_doc(trials=1)
+    cur = run_doc(trials=1)
+    for c in cur["cells"]:
+        c["batch"] = 64
+    with pytest.raises(gate.GateError, match="no cells in common"):
+        gate.evaluate(load(base, tmp_path, "b"), load(cur, tmp_path, "c"))
+    run = load(base, tmp_path, "b")
+    with pytest.raises(gate.GateError, match="alpha"):
+        gate.evaluate(run, run, alpha=1.5)
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("gate")
+    return {
+        "base": write_doc(tmp / "base", run_doc(run_id="base", trials=5, seed=1)),
+        "same": write_doc(tmp / "same", run_doc(run_id="same", trials=5, seed=2)),
+        "slow": write_doc(tmp / "slow", run_doc(run_id="slow", trials=5, seed=3, slowdown=1.2)),
+        "dir": tmp,
+    }
+
+
+def test_cli_slowdown_end_to_end(files: dict[str, Path]) -> None:
+    out = files["dir"] / "slow-out"
+    out.mkdir()
+    result = wiremark(
+        "gate",
+        "--baseline",
+        files["base"],
+        "--current",
+        files["slow"],
+        "--markdown",
+        out / "gate.md",
+        "--junit",
+        out / "gate.xml",
+        "--json",
+        out / "gate.json",
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.startswith("wiremark gate: FAIL: 54 regressions")
+    assert "REGRESSION p99:+10% face/json closed c=8 batch=1 raw" in result.stdout
+    assert (out / "gate.md").read_text(encoding="utf-8").startswith("❌ 54 regressions")
+    suite = ET.parse(out / "gate.xml").getroot().find("testsuite")
+    assert suite is not None and int(suite.get("failures", "0")) == 54
+    failed = [tc for tc in suite.iter("testcase") if tc.find("failure") is not None]
+    assert len(failed) == 54 and failed[0].get("name", "").startswith("p99:+10% ")
+    verdict = json.loads((out / "gate.json").read_text(encoding="utf-8"))
+    assert verdict["passed"] is False and verdict["exit_status"] == 1
+    assert set(verdict) >= {
+        "passed", "exit_status", "rules", "regressions", "improvements", "unchanged",
+        "insufficient", "failures", "warnings",
+    }  # fmt: skip
+    assert [r["rule"] for r in verdict["rules"]] == ["p99:+10%", "rps:-5%"]
+
+
+def test_cli_a_a_json_to_stdout(files: dict[str, Path]) -> None:
+    result = wiremark(
+        "gate",
+        "--baseline",
+        files["base"].parent,  # a directory holding results.json works too
+        "--current",
+        files["same"],
+        "--rule",
+        "p50:+10%",
+        "--rule",
+        "p99:+10%",
+        "--rule",
+        "rps:-5%",
+        "--json",
+        "-",
+    )
+    assert result.returncode == 0, result.stderr
+    verdict = json.loads(result.stdout)  # stdout is the JSON alone; the summary is on stderr
+    assert verdict["passed"] is True and verdict["exit_status"] == 0
+    assert len(verdict["unchanged"]) == 81 and not verdict["regressions"]
+    assert result.stderr.startswith("wiremark gate: PASS: no regression")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--rule", "p99:10%"], "bad rule 'p99:10%': expected FIELD:+N%"),
+        (["--rule", "rps:+5%"], "bad rule 'rps:+5%': rps regresses when it falls; write rps:-5%"),
+        (["--alpha", "0"], "alpha must be between 0 and 1"),
+        (["--json", "-", "--markdown", "-"], "only one output can go to stdout"),
+    ],
+)
+def test_cli_usage_errors(files: dict[str, Path], args: list[str], says: str) -> None:
+    result = wiremark("gate", "--baseline", files["base"], "--current", files["same"], *args)
+    assert result.returncode == 2
+    assert result.stderr == f"wiremark: error: {result.stderr.split(': ', 2)[2]}"
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+
+
+def test_cli_unusable_files(files: dict[str, Path]) -> None:
+    tmp = files["dir"]
+    missing = wiremark("gate", "--baseline", tmp / "nope.json", "--current", files["same"])
+    assert missing.returncode == 2 and "no such result file" in missing.stderr
+    other = tmp / "other.json"
+    other.write_text(json.dumps({"schema_version": 2, "cells": []}))
+    schema = wiremark("gate", "--baseline", files["base"], "--current", other)
+    assert schema.returncode == 2 and "schema_version 2" in schema.stderr
+    for result in (missing, schema):
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+# --- the documented recipe -------------------------------------------------------------------
+
+
+def _commands(text: str, sub: str) -> list[list[str]]:
+    """`wiremark SUB ...` command lines in shell text (backslash continuations joined)."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    found = []
+    for line in joined.splitlines():
+        at = line.find(f"wiremark {sub} ")
+        if at < 0 or line[:at].strip() not in ("", "-", "run:", "$"):
+            continue
+        words = shlex.split(line[at:], comments=True)
+        for stop in ("|", "||", "&&", ";", ">"):
+            if stop in words:
+                words = words[: words.index(stop)]
+        found.append(words[2:])
+    return found
+
+
+def _gate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wiremark", exit_on_error=False)
+    gate.add_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def _shell_text() -> dict[str, str]:
+    """The shell in docs/ci.md's code blocks and in the workflow's `run:` steps."""
+    md = (DOCS / "ci.md").read_text(encoding="utf-8")
+    blocks = "\n".join(re.findall(r"```sh\n(.*?)```", md, flags=re.S))
+    return {"ci.md": blocks, "workflow": (DOCS / "github-actions-gate.yml").read_text()}
+
+
+BENCH_FLAGS = {"--scenario", "--out", "--repeat", "--inject-delay-ms", "--target"}
+
+
+@pytest.mark.parametrize("source", ["ci.md", "workflow"])
+def test_documented_commands_parse(source: str) -> None:
+    text = _shell_text()[source]
+    gates = _commands(text, "gate")
+    assert gates, f"no `wiremark gate` command in {source}"
+    for words in gates:
+        args = _gate_parser().parse_args(["gate", *words])
+        assert args.baseline.endswith("results.json") and args.current.endswith("results.json")
+        for rule in args.rule:
+            gate.Rule.parse(rule)
+    benches = _commands(text, "bench")
+    assert benches and any("--repeat" in words for words in benches)
+    for words in benches:
+        flags = {w.split("=")[0] for w in words if w.startswith("--")}
+        assert flags <= BENCH_FLAGS, flags - BENCH_FLAGS
+        assert words[words.index("--repeat") + 1] == "5"
+
+
+def test_workflow_yaml() -> None:
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load((DOCS / "github-actions-gate.yml").read_text())
+    triggers = doc.get("on", doc.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert "pull_request" in triggers and triggers["push"]["branches"] == ["main"]
+    assert doc["permissions"]["pull-requests"] == "write"
+    (job,) = doc["jobs"].values()
+    steps = job["steps"]
+    uses = [s.get("uses", "").split("@")[0] for s in steps]
+    for action in (
+        "actions/checkout",
+        "actions/upload-artifact",
+        "dawidd6/action-download-artifact",
+        "marocchino/sticky-pull-request-comment",
+    ):
+        assert action in uses
+    runs = [s["run"] for s in steps if "run" in s]
+    (gate_step,) = [s for s in steps if "wiremark gate" in s.get("run", "")]
+    assert "baseline/results.json" in gate_step["if"]
+    comment = next(s for s in steps if "sticky-pull-request-comment" in s.get("uses", ""))
+    assert comment["with"]["path"] == "gate.md" and "always()" in comment["if"]
+    assert any("wiremark bench" in r for r in runs)
