@@ -8,7 +8,9 @@ every trial (`bench --repeat N`) of a cell is one observation. For each cell and
 * change = median of the current trials vs median of the baseline trials, in per cent;
 * p = one-sided Mann–Whitney U over the per-trial values, in the rule's bad direction
   (exact distribution for small samples, ties included);
-* a *regression* is a change beyond the rule's threshold in the bad direction with p <= alpha;
+* q = p adjusted for the number of comparisons made (Benjamini–Hochberg, over every judged
+  cell x rule), so that dozens of cells do not turn noise into a failure now and then;
+* a *regression* is a change beyond the rule's threshold in the bad direction with q <= alpha;
   an *improvement* the same the good way; anything else is *unchanged*;
 * with so few trials that even a perfect separation could not reach alpha (the smallest
   attainable p, 1 / C(n_b + n_c, n_b), is above alpha: 1 vs 1, 2 vs 2, ...) the comparison is
@@ -325,6 +327,9 @@ class Comparison:
     min_p: float  # the smallest p these trial counts could give
     verdict: str
     note: str = ""
+    p_worse: float = 1.0  # one-sided p in the rule's bad direction
+    p_better: float = 1.0  # ... and in its good direction
+    q_value: float = 1.0  # p_value adjusted for the many comparisons (Benjamini-Hochberg)
 
     @property
     def trials(self) -> str:
@@ -334,7 +339,7 @@ class Comparison:
         return (
             f"{self.rule.text} {self.cell}: {_num(self.baseline_median)} -> "
             f"{_num(self.current_median)} {self.rule.unit} ({_pct(self.change_pct)}, "
-            f"p={_p(self.p_value)}, {self.trials} trials)"
+            f"p={_p(self.p_value)}, q={_p(self.q_value)}, {self.trials} trials)"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -347,6 +352,7 @@ class Comparison:
             "current_median": _finite(self.current_median),
             "change_pct": _finite(self.change_pct),
             "p_value": _finite(self.p_value),
+            "q_value": _finite(self.q_value),
             "min_attainable_p": self.min_p,
             "baseline_values": self.baseline,
             "current_values": self.current,
@@ -450,7 +456,7 @@ class Verdict:
             f"wiremark gate: {state}: {head}",
             f"  baseline {self.baseline}, current {self.current}: {self.cells_in_common} cells "
             f"in common; rules {' '.join(r.text for r in self.rules)}; one-sided Mann–Whitney U, "
-            f"alpha {self.alpha:g}",
+            f"Benjamini–Hochberg q <= alpha {self.alpha:g}",
         ]
         lines += [f"  FAILURE {f}" for f in self.failures]
         lines += [f"  REGRESSION {c.describe()}" for c in self.regressions]
@@ -483,7 +489,9 @@ class Verdict:
             f"**wiremark gate**: baseline `{self.baseline}` vs current `{self.current}`, "
             f"{self.cells_in_common} cells in common; rules "
             f"{', '.join(f'`{r.text}`' for r in self.rules)}; a regression is a change beyond "
-            f"the rule with one-sided Mann–Whitney U p ≤ {self.alpha:g} over the trials.",
+            f"the rule with a one-sided Mann–Whitney U test over the trials significant at "
+            f"{self.alpha:g} after a Benjamini–Hochberg adjustment for the comparisons made "
+            "(q).",
             "",
         ]
         if self.insufficient:
@@ -499,8 +507,8 @@ class Verdict:
             out.append("")
         notable = [c for c in self._sorted() if c.verdict != UNCHANGED]
         header = [
-            "| Cell | Rule | Baseline | Current | Change | p | Trials | Verdict |",
-            "|---|---|--:|--:|--:|--:|:-:|---|",
+            "| Cell | Rule | Baseline | Current | Change | p | q | Trials | Verdict |",
+            "|---|---|--:|--:|--:|--:|--:|:-:|---|",
         ]
         if notable:
             out += ["### Compared cells", "", *header, *_md_rows(notable, MD_MAX_ROWS), ""]
@@ -665,8 +673,28 @@ def evaluate(
             verdict.warnings.append(
                 Finding("rule", f"rule {rule.text} compared no cell ({rule.column} not measured?)")
             )
+    _adjust(verdict.comparisons, verdict.alpha)
     _check_noise(verdict)
     return verdict
+
+
+def _adjust(comparisons: Sequence[Comparison], alpha: float) -> None:
+    """Judge every comparison on its p adjusted for how many were made.
+
+    Each cell x rule is a test at alpha; a scenario makes dozens, so an unchanged build would
+    fail by chance now and then. Benjamini-Hochberg keeps the expected share of false
+    regressions among those declared at alpha: a slowdown seen in many cells (a slower
+    transport) stays significant at the unadjusted 5 vs 5 p of 0.004, while a lone cell must
+    reach about alpha / m."""
+    from scipy import stats
+
+    judged = [c for c in comparisons if c.verdict != INSUFFICIENT]
+    if not judged:
+        return
+    q_worse = stats.false_discovery_control([c.p_worse for c in judged], method="bh")
+    q_better = stats.false_discovery_control([c.p_better for c in judged], method="bh")
+    for c, qw, qb in zip(judged, q_worse, q_better, strict=True):
+        _decide(c, float(qw), float(qb), alpha)
 
 
 def _cv(values: Sequence[float]) -> float | None:
@@ -695,9 +723,9 @@ def _check_noise(verdict: Verdict) -> None:
                 Finding(
                     "noise",
                     f"rule {rule.text} is tight against the noise: {rule.column} varies by "
-                    f"{noise:.1f}% between trials (pooled CV), so an unchanged build can fail "
-                    f"by chance; a threshold of ≥{NOISE_SAFE_FACTOR * noise:.0f}% "
-                    f"({NOISE_SAFE_FACTOR:g}× the CV) or a quieter machine is safer",
+                    f"{noise:.1f}% between trials (pooled CV), so a change of the threshold's "
+                    f"size cannot be told from noise; {NOISE_SAFE_FACTOR * noise:.0f}% "
+                    f"({NOISE_SAFE_FACTOR:g}× the CV) or more, or a quieter machine, is needed",
                 )
             )
 
@@ -858,27 +886,40 @@ def _compare(
     p_better = mann_whitney_p(c, b, good)
     p = p_better if -rule.sign * change > 0 else p_worse
     floor = min_attainable_p(len(b), len(c))
+    out = Comparison(label, key, rule, b, c, med_b, med_c, change, p, floor, UNCHANGED)
+    out.p_worse, out.p_better = p_worse, p_better
     if floor > alpha * (1 + _P_TOLERANCE):
-        verdict = INSUFFICIENT
-        note = (
+        out.verdict = INSUFFICIENT
+        out.q_value = p
+        out.note = (
             f"{len(b)} vs {len(c)} trials: the smallest attainable p is {_p(floor)} > alpha "
             f"{alpha:g}; need ≥{trials_needed(alpha)} per side"
         )
         if rule.worse(change):
-            note += f"; would be a regression ({_pct(change)} beyond {rule.text})"
-    elif rule.worse(change) and _significant(p_worse, alpha):
-        verdict, note = REGRESSION, f"{_pct(change)} beyond {rule.text}, p={_p(p_worse)}"
-    elif rule.better(change) and _significant(p_better, alpha):
-        verdict, note = IMPROVEMENT, f"{_pct(change)}, p={_p(p_better)}"
+            out.note += f"; would be a regression ({_pct(change)} beyond {rule.text})"
     else:
-        verdict = UNCHANGED
+        _decide(out, p_worse, p_better, alpha)
+    return out
+
+
+def _decide(c: Comparison, q_worse: float, q_better: float, alpha: float) -> None:
+    """The verdict of a judged comparison from its (adjusted) p-values."""
+    rule, change = c.rule, c.change_pct
+    q = q_better if -rule.sign * change > 0 else q_worse
+    c.q_value = q
+    if rule.worse(change) and _significant(q_worse, alpha):
+        c.verdict = REGRESSION
+        c.note = f"{_pct(change)} beyond {rule.text}, p={_p(c.p_worse)}, q={_p(q_worse)}"
+    elif rule.better(change) and _significant(q_better, alpha):
+        c.verdict, c.note = IMPROVEMENT, f"{_pct(change)}, p={_p(c.p_better)}, q={_p(q_better)}"
+    else:
+        c.verdict = UNCHANGED
         if rule.worse(change) or rule.better(change):
-            note = f"beyond the threshold but not significant (p={_p(p)} > {alpha:g})"
-        elif _significant(p, alpha):
-            note = f"significant (p={_p(p)}) but within {rule.text}"
+            c.note = f"beyond the threshold but not significant (q={_p(q)} > {alpha:g})"
+        elif _significant(q, alpha):
+            c.note = f"significant (q={_p(q)}) but within {rule.text}"
         else:
-            note = "within the threshold"
-    return Comparison(label, key, rule, b, c, med_b, med_c, change, p, floor, verdict, note)
+            c.note = "within the threshold"
 
 
 # --- formatting ------------------------------------------------------------------------------
@@ -946,6 +987,7 @@ def _md_row(c: Comparison) -> str:
         f"{_num(c.current_median)} {c.rule.unit}",
         _pct(c.change_pct),
         _p(c.p_value),
+        _p(c.q_value),
         c.trials,
         _VERDICT_MD[c.verdict],
     ]

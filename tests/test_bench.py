@@ -225,3 +225,21 @@ def test_load_processes_merge_full_resolution_latencies(servers, tmp_path):
     assert all(n > 10 for n in sizes) and merged["latencies"].size == sum(sizes)
     assert merged["errors"] == 0 and merged["server_cpu_s"] > 0
     assert len(merged["samples"]) == 3  # sampled in the first process only
+
+
+def test_inject_delay_reaches_the_servers(tmp_path):
+    """`bench --inject-delay-ms` starts its servers with the delay (the gate's proof)."""
+    text = TINY.replace("rate = [150]", "rate = []").replace(
+        'models = ["iris"]', 'models = ["iris"]\ntransports = ["msgpack"]'
+    )
+    text = text.replace("min_requests = 50", "min_requests = 20")
+    result = bench(
+        *("--scenario", scenario_file(tmp_path, text), "--out", str(tmp_path / "o")),
+        *("--no-report", "--inject-delay-ms", "25"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = records.load(tmp_path / "o")
+    assert run.meta["scenario"]["inject_delay_ms"] == 25
+    (cell,) = run.cells
+    assert cell["p50_ms"] >= 25 and cell["server_infer_ms"] < 25  # the delay is not inference
+    assert bench("--target", "json=127.0.0.1:1", "--inject-delay-ms", "2").returncode == 2

@@ -515,3 +515,30 @@ def test_workflow_yaml() -> None:
     comment = next(s for s in steps if "sticky-pull-request-comment" in s.get("uses", ""))
     assert comment["with"]["path"] == "gate.md" and "always()" in comment["if"]
     assert any("wiremark bench" in r for r in runs)
+
+
+def test_many_comparisons_are_adjusted(tmp_path: Path) -> None:
+    """54 comparisons at alpha 0.05: one cell that separates completely by chance (5 vs 5,
+    p = 0.004) is not a regression once p is adjusted for the number of comparisons
+    (Benjamini-Hochberg); the same separation in every cell is."""
+    base_doc = run_doc(run_id="a", trials=5, noise=0.0, seed=1)
+    lone = run_doc(run_id="b", trials=5, noise=0.0, seed=1)
+    hit = edit(
+        lone,
+        lambda c: c.update(p99_ms=c["p99_ms"] * 1.2),
+        model="iris",
+        transport="json",
+        mode="closed",
+        concurrency=8,
+    )
+    assert hit == 5
+    base = load(base_doc, tmp_path, "a")
+    verdict = gate.evaluate(base, load(lone, tmp_path, "b"))
+    (c,) = [c for c in verdict.comparisons if c.change_pct > 1]
+    assert c.p_value == pytest.approx(1 / 252) and c.q_value > 0.05
+    assert c.verdict == gate.UNCHANGED and verdict.passed
+    broad = run_doc(run_id="c", trials=5, noise=0.0, seed=1)
+    edit(broad, lambda c: c.update(p99_ms=c["p99_ms"] * 1.2))
+    verdict = gate.evaluate(base, load(broad, tmp_path, "c"))
+    assert len(verdict.regressions) == 27 and not verdict.passed
+    assert all(r.q_value <= 0.05 for r in verdict.regressions)
