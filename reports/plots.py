@@ -555,9 +555,10 @@ def cost_split(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> 
     plot = Plot(
         "plot-cost",
         "Where the time goes",
-        "The p50 of the lowest-concurrency closed-loop cell (no queueing), split into the "
-        "client codec, the server's Server-Timing parts and the rest: network + framework "
-        "= p50 − all other parts (floored at 0).",
+        "The p50 of the lowest-concurrency closed-loop cell (the least queueing: at one user "
+        "none), split into the client codec, the server's Server-Timing parts (medians of "
+        "the sampled replies) and the rest: network + framework + queueing = p50 − all "
+        "other parts (floored at 0).",
     )
     parts = [p for p in COST_PARTS if p[0] != "network"]
     if not any(_positive(df[col]) for col, _, _ in parts):
