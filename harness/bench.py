@@ -49,7 +49,7 @@ from wiremark.reports.records import ResultWriter
 from . import scenario as scenarios
 from .cell import batch_for, percentiles
 from .conformance import Cell as ConformCell
-from .conformance import compare, conform, parse_target
+from .conformance import add_target_option, compare, conform
 from .launch import ServerProcess, ServerStartError
 from .scenario import CellSpec, Scenario
 
@@ -87,14 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--repeat", type=int, help="trials of the whole matrix (the gate wants >= 3; default 1)"
     )
-    p.add_argument(
-        "--target",
-        type=parse_target,
-        action="append",
-        default=[],
-        metavar="TRANSPORT=HOST:PORT",
-        help="measure a running server (repeatable) instead of starting them",
-    )
+    add_target_option(p, "measure a running server (repeatable) instead of starting them")
     p.add_argument(
         "--inject-delay-ms",
         type=float,

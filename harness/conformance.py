@@ -161,20 +161,24 @@ def parse_target(text: str) -> tuple[str, str]:
     return transport, address
 
 
+def add_target_option(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument(
+        "--target",
+        type=parse_target,
+        action="append",
+        default=[],
+        metavar="TRANSPORT=HOST:PORT",
+        help=help,
+    )
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from wiremark.cli import _models
     from wiremark.servers.runner import MODELS
 
     p = sub.add_parser("conform", help="check every transport returns the in-process predictions")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    p.add_argument(
-        "--target",
-        type=parse_target,
-        action="append",
-        default=[],
-        metavar="TRANSPORT=HOST:PORT",
-        help="check a running server (repeatable); without it wiremark starts all three",
-    )
+    add_target_option(p, "check a running server (repeatable); without it wiremark starts all")
     p.add_argument("--models", type=_models, default=MODELS)
     p.set_defaults(run=run)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from wiremark.reports.records import CELL_FIELDS, RESULTS_JSON, SCHEMA_VERSION, ResultWriter
+from wiremark.reports.records import CELL_FIELDS, RESULTS_JSON, SCHEMA_VERSION
 
 MODELS = {"iris": (0.35, 90, 60), "mnist": (0.9, 1100, 120), "face": (45.0, 21000, 300)}
 SPEED = {"grpc": 1.0, "msgpack": 1.08, "json": 1.3}
@@ -107,33 +107,16 @@ def write_run(
     seed: int = 0,
     concurrency: tuple[int, ...] = (1, 8),
 ) -> Path:
-    rng = np.random.default_rng(seed)
-    writer = ResultWriter(out_dir, meta(run_id))
-    writer.set(
-        "conformance",
-        [
-            {
-                "model": m,
-                "transport": t,
-                "inputs": 10,
-                "mismatches": [],
-                "worst": 1e-8,
-                "passed": True,
-            }
-            for m in MODELS
-            for t in SPEED
-        ],
+    """Write a synthetic run as `out_dir/results.json`, as `bench` would; returns the path."""
+    doc = run_doc(
+        run_id=run_id,
+        trials=trials,
+        slowdown=slowdown,
+        noise=noise,
+        seed=seed,
+        concurrency=concurrency,
     )
-    for trial in range(trials):
-        for model in MODELS:
-            for transport in SPEED:
-                for users in concurrency:
-                    writer.add_cell(cell(model, transport, users, trial, rng, slowdown, noise))
-                writer.add_cell(
-                    cell(model, transport, 4, trial, rng, slowdown, noise, mode="open", rate=100.0)
-                )
-    writer.set("finished", "2026-11-22T10:05:00Z")
-    return writer.json_path
+    return write_doc(Path(out_dir), doc)
 
 
 def run_doc(
