@@ -43,5 +43,11 @@ def test_dockerfile_copies_what_exists(path):
 
 def test_compose_commands_parse():
     text = (ROOT / "docker" / "compose.yaml").read_text()
-    commands = [json.loads(c) for c in re.findall(r"command: (\[.*\])", text)]
-    assert {build_parser().parse_args(c).transport for c in commands} == {"grpc", "json", "msgpack"}
+    commands = [
+        build_parser().parse_args(json.loads(c)) for c in re.findall(r"command: (\[.*\])", text)
+    ]
+    serves = [a for a in commands if a.command == "serve"]
+    assert {a.transport for a in serves} == {"grpc", "json", "msgpack"}
+    (bench,) = [a for a in commands if a.command == "bench"]
+    # the load generator measures exactly the three servers, by their service names and ports
+    assert sorted(bench.target) == sorted((a.transport, f"{a.transport}:{a.port}") for a in serves)
