@@ -44,6 +44,7 @@ from wiremark import __version__
 from wiremark.payloads import grpc_codec, rest
 from wiremark.payloads.contract import MODEL_FAMILIES, PixelEncoding, Prediction
 from wiremark.payloads.timing import parse_server_timing
+from wiremark.reports import records
 from wiremark.reports.records import ResultWriter
 
 from . import scenario as scenarios
@@ -526,6 +527,14 @@ def started_servers(
         }
 
 
+def placement_note(shared: bool, external: bool) -> str:
+    if shared:
+        return "one core, shared by the servers and the load generator"
+    if external:
+        return "servers not started by bench (--target); load generator pinned (taskset)"
+    return "servers pinned apart from the load generator (taskset)"
+
+
 def resolve_rate(
     spec: CellSpec, best: dict[tuple[Any, ...], float], transports: list[str]
 ) -> float | None:
@@ -567,11 +576,7 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path) -> int:
             "placement": {
                 "server_cpus": server_cpus,
                 "client_cpus": client_cpus,
-                "note": "one core shared by server and load generator"
-                if shared
-                else "servers pinned apart from the load generator (taskset)"
-                if not external
-                else "external servers; load generator pinned",
+                "note": placement_note(shared, bool(external)),
             },
             "settings": SETTINGS | ({"servers": "external (--target)"} if external else {}),
         },
@@ -668,15 +673,9 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path) -> int:
     if not args.no_report:
         from wiremark.reports import report
 
-        path = report.render([report_run(writer.json_path)], out / "report.html")
+        path = report.render([records.load(writer.json_path)], out / "report.html")
         say(f"report: {path}")
     return 1 if failed else 0
-
-
-def report_run(path: Path) -> Any:
-    from wiremark.reports import records
-
-    return records.load(path)
 
 
 def measure(
