@@ -36,8 +36,10 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import itertools
 import json
 import os
+import random
 import resource
 import sys
 import time
@@ -211,6 +213,7 @@ class Recorder:
         self.bytes = 0
         self.first_error = ""
         self.sample = sample
+        self.rng = random.Random(1)
         self.samples: list[dict[str, str]] = []
 
     def on_request(
@@ -230,13 +233,16 @@ class Recorder:
         self.latencies.append(response_time)
         self.bytes += response_length
         body = context.get("reply")
-        if body is not None and len(self.samples) < self.sample:
-            self.samples.append(
-                {
-                    "body": base64.b64encode(body).decode(),
-                    "server_timing": context.get("server_timing") or "",
-                }
-            )
+        if body is None or not self.sample:
+            return
+        kept = {
+            "body": base64.b64encode(body).decode(),
+            "server_timing": context.get("server_timing") or "",
+        }
+        if len(self.samples) < self.sample:
+            self.samples.append(kept)
+        else:  # a reservoir: an offered reply replaces a random one (see Workload.sampled)
+            self.samples[self.rng.randrange(self.sample)] = kept
 
 
 def run_cell(args: argparse.Namespace) -> dict[str, Any]:
@@ -251,8 +257,7 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     workload.model, workload.encoding = args.model, PixelEncoding(args.encoding)
     workload.batch = batch_for(args.model, args.batch)
     workload.compression = args.compression
-    # the stride that spreads the sampled replies over the window, roughly
-    workload.sample_every = max(1, args.sample_every)
+    workload.sample_size = args.sample
     cls = user_class(args.transport, args.address, workload)
     env = Environment(user_classes=[cls])
     wire = wire_bytes(env, cls, args.wire_requests) if args.wire_requests else {}
@@ -273,6 +278,7 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     watch.begin()
     if open_loop is not None:
         open_loop.reset_counts()
+    workload.calls = itertools.count(1)  # sampling draws from the measured window only
     recorder.measuring = True
     start = time.perf_counter()
     gevent.sleep(args.duration)
@@ -332,7 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compression", choices=("none", "gzip"), default="none")
     parser.add_argument("--server-pid", type=int, default=None)
     parser.add_argument("--sample", type=int, default=0, help="replies to keep for checking")
-    parser.add_argument("--sample-every", type=int, default=50, help="keep every Nth reply")
     parser.add_argument(
         "--wire-requests", type=int, default=0, help="first count wire bytes over N requests"
     )

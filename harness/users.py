@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import random
 import time
 from typing import Any, ClassVar
 
@@ -53,10 +54,21 @@ class Workload:
     batch: Batch | None = None
     encoding: PixelEncoding = PixelEncoding.RAW
     compression: str = "none"  # or "gzip": compressed requests, compressed replies accepted
-    sample_every: int = 0  # pass every Nth reply (of all users') to the listeners; 0: none
+    sample_size: int = 0  # replies to pass to the listeners, spread over the run; 0: none
 
     def __init__(self) -> None:
-        self.calls = itertools.count(1)  # shared by the users: the sampling stride
+        self.calls = itertools.count(1)  # shared by the users
+        self.rng = random.Random(0)
+
+    def sampled(self) -> bool:
+        """Whether the next call is offered as a sample: call i with probability k / i, which
+        with the listener's reservoir keeps k replies drawn evenly from every call so far
+        (decided before the call: a sampled gRPC call also fetches its trailing metadata)."""
+        k = self.sample_size
+        if not k:
+            return False
+        i = next(self.calls)
+        return i <= k or self.rng.random() < k / i
 
 
 class TransportUser(User):
@@ -74,8 +86,7 @@ class TransportUser(User):
 
     def request(self, start: float) -> None:
         """Send one request and report it, its latency counted from `start`."""
-        every = self.workload.sample_every
-        sample = bool(every) and next(self.workload.calls) % every == 1 % every
+        sample = self.workload.sampled()
         context: dict[str, Any] = {}
         try:
             reply, timing = self.send(sample)
