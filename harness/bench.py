@@ -695,9 +695,12 @@ def measure(
     processes = 1
     wire = (spec.workload, spec.transport) not in wired
     while True:
-        merged = load_processes(
-            spec, target, rate, processes, client_cpus, scenario, wire and processes == 1, tmp
-        )
+        try:
+            merged = load_processes(
+                spec, target, rate, processes, client_cpus, scenario, wire and processes == 1, tmp
+            )
+        except BenchError as exc:  # one broken cell does not end a long run
+            return failed_cell(spec, trial, rate, str(exc), reference)
         if processes == 1 and wire:
             wired[(spec.workload, spec.transport)] = (
                 merged["wire_up_bytes"],
@@ -730,6 +733,36 @@ def measure(
             )
             return cell
         processes += 1
+
+
+def failed_cell(
+    spec: CellSpec, trial: int, rate: float | None, message: str, reference: Reference
+) -> dict[str, Any]:
+    """The record of a cell whose load processes failed: no figures, and why."""
+    last = message.strip().splitlines()[-1] if message.strip() else "unknown failure"
+    return {
+        "trial": trial,
+        "model": spec.model,
+        "transport": spec.transport,
+        "mode": spec.mode,
+        "concurrency": spec.concurrency,
+        "rate": None if rate is None else round(rate, 2),
+        "arrival": spec.arrival,
+        "batch": spec.batch,
+        "encoding": spec.encoding,
+        "compression": spec.compression,
+        "requests": 0,
+        "errors": 0,
+        "rps": 0.0,
+        "request_bytes": reference.request_bytes[spec.transport],
+        "processes": 1,
+        "client_bound": False,
+        "scaling": "",
+        "sampled": 0,
+        "sample_mismatches": 0,
+        "valid": False,
+        "invalid_reasons": [f"the load process failed: {last[:300]}"],
+    }
 
 
 def run(args: argparse.Namespace) -> int:

@@ -260,7 +260,12 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     workload.sample_size = args.sample
     cls = user_class(args.transport, args.address, workload)
     env = Environment(user_classes=[cls])
-    wire = wire_bytes(env, cls, args.wire_requests) if args.wire_requests else {}
+    wire: dict[str, Any] = {}
+    if args.wire_requests:
+        try:
+            wire = wire_bytes(env, cls, args.wire_requests)
+        except RuntimeError as exc:  # the timed load below records the same failure
+            wire = {"wire_error": str(exc)[:300]}
     recorder = Recorder(args.sample)
     env.events.request.add_listener(recorder.on_request)
     watch = ServerWatch(args.server_pid)

@@ -137,9 +137,12 @@ class GrpcUser(TransportUser):
         self.channel.close()
 
     def send(self, sample: bool) -> tuple[bytes, str]:
-        if not sample:
-            return self.call(self.body, timeout=30), ""
-        reply, call = self.call.with_call(self.body, timeout=30)
+        try:
+            if not sample:
+                return self.call(self.body, timeout=30), ""
+            reply, call = self.call.with_call(self.body, timeout=30)
+        except grpc.RpcError as exc:  # a readable error, as the HTTP users give
+            raise RuntimeError(f"gRPC {exc.code().name}: {exc.details()}") from None
         return reply, str(dict(call.trailing_metadata() or ()).get(SERVER_TIMING, ""))
 
 
