@@ -361,6 +361,22 @@ def check_samples(
     return len(samples), checker.mismatches, medians, decode_ms, body_bytes
 
 
+def identity(spec: CellSpec, trial: int, rate: float | None) -> dict[str, Any]:
+    """The fields that say which measurement a cell is (records.CELL_KEY, and the trial)."""
+    return {
+        "trial": trial,
+        "model": spec.model,
+        "transport": spec.transport,
+        "mode": spec.mode,
+        "concurrency": spec.concurrency,
+        "rate": None if rate is None else round(rate, 2),
+        "arrival": spec.arrival,
+        "batch": spec.batch,
+        "encoding": spec.encoding,
+        "compression": spec.compression,
+    }
+
+
 def record(
     spec: CellSpec,
     trial: int,
@@ -395,16 +411,7 @@ def record(
     pct = percentiles(lat)
     server_cpu = merged["server_cpu_s"]
     return {
-        "trial": trial,
-        "model": spec.model,
-        "transport": spec.transport,
-        "mode": spec.mode,
-        "concurrency": spec.concurrency,
-        "rate": None if rate is None else round(rate, 2),
-        "arrival": spec.arrival,
-        "batch": spec.batch,
-        "encoding": spec.encoding,
-        "compression": spec.compression,
+        **identity(spec, trial, rate),
         "duration_s": round(wall, 3),
         "requests": n,
         "errors": merged["errors"],
@@ -741,16 +748,7 @@ def failed_cell(
     """The record of a cell whose load processes failed: no figures, and why."""
     last = message.strip().splitlines()[-1] if message.strip() else "unknown failure"
     return {
-        "trial": trial,
-        "model": spec.model,
-        "transport": spec.transport,
-        "mode": spec.mode,
-        "concurrency": spec.concurrency,
-        "rate": None if rate is None else round(rate, 2),
-        "arrival": spec.arrival,
-        "batch": spec.batch,
-        "encoding": spec.encoding,
-        "compression": spec.compression,
+        **identity(spec, trial, rate),
         "requests": 0,
         "errors": 0,
         "rps": 0.0,
