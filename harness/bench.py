@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 
 from wiremark import __version__
-from wiremark.payloads import grpc_codec, rest
-from wiremark.payloads.contract import MODEL_FAMILIES, PixelEncoding, Prediction
+from wiremark.payloads import bodies
+from wiremark.payloads.contract import MODEL_FAMILIES, TRANSPORTS, PixelEncoding, Prediction
 from wiremark.payloads.timing import parse_server_timing
 from wiremark.reports import records
 from wiremark.reports.records import ResultWriter
@@ -200,22 +200,6 @@ def timed(fn: Callable[[], Any], budget_s: float = 0.3, most: int = 500) -> floa
     return statistics.median(times)
 
 
-def encode(transport: str, model: str, batch: Any, encoding: PixelEncoding) -> bytes:
-    family = MODEL_FAMILIES[model]
-    if transport == "grpc":
-        return grpc_codec.encode_request(family, model, batch, encoding).SerializeToString()
-    body = rest.encode_request(family, batch, binary=transport == "msgpack", encoding=encoding)
-    return rest.dump_msgpack(body) if transport == "msgpack" else rest.dump_json(body)
-
-
-def decode(transport: str, model: str, reply: bytes) -> Prediction:
-    family = MODEL_FAMILIES[model]
-    if transport == "grpc":
-        return grpc_codec.decode_prediction(family, reply)
-    media = "application/msgpack" if transport == "msgpack" else "application/json"
-    return rest.decode_prediction(family, rest.parse_body(reply, media))
-
-
 class References:
     def __init__(self, models: list[str]) -> None:
         from wiremark.servers import device, runner
@@ -231,9 +215,11 @@ class References:
             run = self.runners[model]
             ref = Reference(run.predict(batch), timed(lambda: run.predict(batch)))
             pixels = PixelEncoding(encoding)
-            for t in scenarios.TRANSPORTS:
-                ref.request_bytes[t] = len(encode(t, model, batch, pixels))
-                ref.client_encode_ms[t] = timed(functools.partial(encode, t, model, batch, pixels))
+            for t in TRANSPORTS:
+                ref.request_bytes[t] = len(bodies.encode(t, model, batch, pixels))
+                ref.client_encode_ms[t] = timed(
+                    functools.partial(bodies.encode, t, model, batch, pixels)
+                )
             self.cache[key] = ref
         return self.cache[key]
 
@@ -347,7 +333,7 @@ def check_samples(
     for i, sample in enumerate(samples):
         body = base64.b64decode(sample["body"])
         try:
-            got = decode(spec.transport, spec.model, body)
+            got = bodies.decode(spec.transport, MODEL_FAMILIES[spec.model], body)
         except Exception as exc:  # a reply that does not even decode is a mismatch
             checker.mismatches.append(f"sample {i}: undecodable reply: {exc}")
             continue
@@ -356,7 +342,9 @@ def check_samples(
             timings.setdefault(stage, []).append(ms)
         if decode_ms is None:
             body_bytes = len(body)
-            decode_ms = timed(functools.partial(decode, spec.transport, spec.model, body))
+            decode_ms = timed(
+                functools.partial(bodies.decode, spec.transport, MODEL_FAMILIES[spec.model], body)
+            )
     medians = {k: statistics.median(v) for k, v in timings.items()}
     return len(samples), checker.mismatches, medians, decode_ms, body_bytes
 
@@ -616,9 +604,11 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path) -> int:
         say(
             "checking conformance (every model on every transport against the in-process model) ..."
         )
+        references = References(scenario.models)
         checks = conform(
             {t: targets[(t, scenario.compression[0])].address for t in transports},
             scenario.models,
+            references=references.runners,
         )
         writer.set(
             "conformance",
@@ -640,7 +630,6 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path) -> int:
                 f"  {c.model:<8} {c.transport:<8} {c.inputs:>4} inputs  "
                 + ("pass" if c.passed else f"FAIL: {c.mismatches[0]}")
             )
-        references = References(scenario.models)
         stack.enter_context(progress)
         index = 0
         wired: dict[tuple[Any, ...], tuple[float | None, float | None]] = {}

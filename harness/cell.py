@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from .loadgen import CLOCK_TICKS, steal_ticks
+from .steal import CLOCK_TICKS, steal_ticks
 
 PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p999": 99.9}
 LATE_MS = 1.0

@@ -19,15 +19,14 @@ from typing import Any
 import grpc
 import httpx
 
-from wiremark.payloads import errors, grpc_codec, rest
+from wiremark.payloads import bodies, errors
 from wiremark.payloads import wiremark_pb2 as pb
 from wiremark.payloads.contract import (
     GRPC_METADATA_METHOD,
     GRPC_METHODS,
-    JSON,
     MODEL_FAMILIES,
-    MSGPACK,
     SERVER_TIMING,
+    TRANSPORTS,
     Batch,
     Family,
     PixelEncoding,
@@ -37,8 +36,6 @@ from wiremark.payloads.contract import (
     predict_path,
 )
 from wiremark.payloads.timing import parse_server_timing
-
-TRANSPORTS = ("grpc", "json", "msgpack")
 
 
 @dataclass
@@ -105,14 +102,14 @@ class GrpcClient(Client):
         family: Family | None = None,
     ) -> Reply:
         family = family or MODEL_FAMILIES[model]
-        data = grpc_codec.encode_request(family, model, batch, encoding).SerializeToString()
+        data = bodies.encode("grpc", model, batch, encoding, family)
         try:
             reply, call = self._calls[GRPC_METHODS[family]].with_call(data, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise errors.from_grpc(exc.code(), exc.details()) from None
         timing = dict(call.trailing_metadata() or ()).get(SERVER_TIMING)
         return Reply(
-            grpc_codec.decode_prediction(family, reply),
+            bodies.decode("grpc", family, reply),
             parse_server_timing(timing),  # type: ignore[arg-type]
             len(data),
             len(reply),
@@ -139,7 +136,7 @@ class HttpClient(Client):
         super().__init__(address, timeout)
         self.binary = binary
         self.transport = "msgpack" if binary else "json"
-        self.media = MSGPACK if binary else JSON
+        self.media = bodies.media_type(self.transport)
         self.http = httpx.Client(base_url=f"http://{address}", timeout=timeout, trust_env=False)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -167,14 +164,14 @@ class HttpClient(Client):
         family: Family | None = None,
     ) -> Reply:
         family = family or MODEL_FAMILIES[model]
-        body = rest.encode_request(family, batch, binary=self.binary, encoding=encoding)
-        data = rest.dump_msgpack(body) if self.binary else rest.dump_json(body)
+        data = bodies.encode(self.transport, model, batch, encoding, family)
         response = self._send(
             "POST", predict_path(model), content=data, headers={"content-type": self.media}
         )
-        parsed = rest.parse_body(response.content, response.headers.get("content-type"))
         return Reply(
-            rest.decode_prediction(family, parsed),
+            bodies.decode(
+                self.transport, family, response.content, response.headers.get("content-type")
+            ),
             parse_server_timing(response.headers.get("server-timing")),
             len(data),
             len(response.content),

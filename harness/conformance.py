@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -111,12 +111,19 @@ def check(client: Client, model: str, reference: Any) -> Cell:
     return cell
 
 
-def conform(targets: dict[str, str], models: Sequence[str], progress: Any = None) -> list[Cell]:
-    """Check every model on every target ({transport: host:port}); builds the references."""
-    from wiremark.servers import device, runner
+def conform(
+    targets: dict[str, str],
+    models: Sequence[str],
+    progress: Any = None,
+    references: Mapping[str, Any] | None = None,
+) -> list[Cell]:
+    """Check every model on every target ({transport: host:port}) against the in-process
+    runners (`references`: {model: runner}; built here when not given)."""
+    if references is None:
+        from wiremark.servers import device, runner
 
-    dev = device.configure("cpu")
-    references = {m: runner.build(m, dev) for m in models}
+        dev = device.configure("cpu")
+        references = {m: runner.build(m, dev) for m in models}
     cells = []
     for transport, address in targets.items():
         with connect(transport, address, timeout=120) as client:

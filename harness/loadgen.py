@@ -27,11 +27,12 @@ import grpc
 import httpx
 import psutil
 
-from wiremark.payloads import grpc_codec, rest
-from wiremark.payloads.contract import JSON, MSGPACK, Family
+from wiremark.payloads import bodies
+from wiremark.payloads.contract import Family
 from wiremark.payloads.samples import iris_rows
 
 from .launch import ServerProcess
+from .steal import steal_share, steal_ticks
 
 TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "taskset": "util-linux"}
 
@@ -86,25 +87,6 @@ def pinned(cpu: str | None) -> Iterator[None]:
 
 STEAL_LIMIT = 0.03  # a sample with more of a core stolen by the hypervisor is re-run
 MAX_RETRIES = 3
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def steal_ticks(cores: list[int]) -> list[int]:
-    """Per core, the clock ticks the hypervisor has stolen so far (/proc/stat, 8th field)."""
-    ticks = dict.fromkeys(cores, 0)
-    with open("/proc/stat") as stat:
-        for line in stat:
-            name, *fields = line.split()
-            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in ticks:
-                ticks[int(name[3:])] = int(fields[7]) if len(fields) > 7 else 0
-    return [ticks[c] for c in cores]
-
-
-def steal_share(before: list[int], after: list[int], wall: float) -> float:
-    """The largest share of wall time stolen from any of the cores."""
-    if not before or wall <= 0:
-        return 0.0
-    return max((a - b) / CLOCK_TICKS / wall for a, b in zip(after, before, strict=True))
 
 
 class LoadError(RuntimeError):
@@ -168,11 +150,8 @@ class Target:
             if self.echo and reply != self.body:
                 raise LoadError(f"echoed {reply[:40]!r}, not the {len(self.body)}-byte body")
             if not self.echo:
-                if self.grpc:
-                    prediction = grpc_codec.decode_prediction(Family.TABULAR, reply)
-                else:
-                    body = rest.parse_body(reply, self.media)
-                    prediction = rest.decode_prediction(Family.TABULAR, body)
+                transport = "grpc" if self.grpc else "json"  # REST: read as self.media says
+                prediction = bodies.decode(transport, Family.TABULAR, reply, self.media)
                 got = prediction.class_ids.tolist()  # type: ignore[union-attr]
                 if got != [expected_class]:
                     raise LoadError(f"predicted classes {got}, in-process [{expected_class}]")
@@ -197,15 +176,12 @@ end
 def payload(transport: str, tmp: Path, model: str = "iris") -> tuple[str, bytes, Path]:
     """(media, body, load-generator file) for one row of iris: h2load's body with the gRPC
     5-byte prefix, or a wrk script that POSTs the JSON or MessagePack body."""
-    batch = iris_rows(1)[0]
+    body = bodies.encode(transport, model, iris_rows(1)[0], family=Family.TABULAR)
     if transport == "grpc":
-        message = grpc_codec.encode_request(Family.TABULAR, model, batch).SerializeToString()
         file = tmp / "grpc.bin"
-        file.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
-        return "grpc", message, file
-    media = JSON if transport == "json" else MSGPACK
-    encoded = rest.encode_request(Family.TABULAR, batch, binary=media == MSGPACK)
-    body = rest.dump_json(encoded) if media == JSON else rest.dump_msgpack(encoded)
+        file.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
+        return "grpc", body, file
+    media = bodies.media_type(transport)
     file = tmp / f"{transport}.lua"
     file.write_text(_lua(body, media))
     return media, body, file

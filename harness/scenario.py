@@ -34,11 +34,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from wiremark.payloads.contract import MODEL_FAMILIES, Family
+from wiremark.payloads.contract import MODEL_FAMILIES, TRANSPORTS, Family
+from wiremark.servers.runner import MODELS
 
 SHIPPED = Path(__file__).with_name("scenarios")
-TRANSPORTS = ("grpc", "json", "msgpack")
-MODELS = ("iris", "iris_rf", "mnist", "face")
 
 
 class ScenarioError(ValueError):

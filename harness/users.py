@@ -31,12 +31,10 @@ from gevent.queue import Empty, Queue
 from geventhttpclient import HTTPClient
 from locust import User, task
 
-from wiremark.payloads import grpc_codec, rest
+from wiremark.payloads import bodies
 from wiremark.payloads.contract import (
     GRPC_METHODS,
-    JSON,
     MODEL_FAMILIES,
-    MSGPACK,
     SERVER_TIMING,
     Batch,
     PixelEncoding,
@@ -126,12 +124,9 @@ class GrpcUser(TransportUser):
         grpc.channel_ready_future(self.channel).result(timeout=30)
         family = MODEL_FAMILIES[self.workload.model]
         self.call = self.channel.unary_unary(grpc_path(GRPC_METHODS[family]))
-        self.body = grpc_codec.encode_request(
-            family,
-            self.workload.model,
-            self.workload.batch,
-            self.workload.encoding,  # type: ignore[arg-type]
-        ).SerializeToString()
+        self.body = bodies.encode(
+            "grpc", self.workload.model, self.workload.batch, self.workload.encoding
+        )
 
     def on_stop(self) -> None:
         self.channel.close()
@@ -155,15 +150,10 @@ class RestUser(TransportUser):
         self.http = HTTPClient(
             host, int(port), concurrency=1, network_timeout=30, connection_timeout=30
         )
-        family = MODEL_FAMILIES[self.workload.model]
-        body: Any = rest.encode_request(
-            family,
-            self.workload.batch,
-            binary=self.binary,
-            encoding=self.workload.encoding,  # type: ignore[arg-type]
+        self.body = bodies.encode(
+            self.transport, self.workload.model, self.workload.batch, self.workload.encoding
         )
-        self.body = rest.dump_msgpack(body) if self.binary else rest.dump_json(body)
-        self.headers = {"Content-Type": MSGPACK if self.binary else JSON}
+        self.headers = {"Content-Type": bodies.media_type(self.transport)}
         if self.workload.compression == "gzip":
             self.body = gzip.compress(self.body, compresslevel=6)
             self.headers |= {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}

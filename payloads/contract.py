@@ -39,6 +39,9 @@ DIGIT_SIDE = 28
 DIGIT_PIXELS = DIGIT_SIDE * DIGIT_SIDE
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
+# A transport is a server and a client sharing one codec of this package.
+TRANSPORTS = ("grpc", "json", "msgpack")
+
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 # Content types accepted as MessagePack (there is no single registered one).

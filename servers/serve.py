@@ -19,11 +19,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from wiremark.payloads.contract import TRANSPORTS
+
 from .service import ModelService, ServiceConfig
 
 log = logging.getLogger("wiremark.serve")
-
-TRANSPORTS = ("grpc", "json", "msgpack")
 
 
 @dataclass(frozen=True)
