@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import functools
 import json
@@ -186,7 +187,6 @@ class Reference:
     inprocess_ms: float
     request_bytes: dict[str, int] = field(default_factory=dict)
     client_encode_ms: dict[str, float] = field(default_factory=dict)
-    client_decode_ms: dict[str, float] = field(default_factory=dict)
 
 
 def timed(fn: Callable[[], Any], budget_s: float = 0.3, most: int = 500) -> float:
@@ -325,8 +325,6 @@ def check_samples(
 ) -> tuple[int, list[str], dict[str, float], float | None, int | None]:
     """Sampled replies against the reference: (checked, mismatches, server-timing medians,
     client decode ms, reply body bytes)."""
-    import base64
-
     checker = ConformCell(spec.model, spec.transport)
     timings: dict[str, list[float]] = {}
     decode_ms = body_bytes = None

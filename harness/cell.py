@@ -52,7 +52,6 @@ import numpy as np
 from .steal import CLOCK_TICKS, steal_ticks
 
 PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p999": 99.9}
-LATE_MS = 1.0
 
 
 def batch_for(model: str, size: int) -> Any:

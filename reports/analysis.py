@@ -166,15 +166,18 @@ def run_names(runs: Sequence[records.Run]) -> list[str]:
     return names
 
 
+def tag(index: int) -> str:
+    """A, B, C...: the short name of the run at `index` in tables and plots (A: baseline)."""
+    return chr(ord("A") + index) if index < 26 else str(index + 1)
+
+
 def run_tags(runs: Sequence[str]) -> list[str]:
-    """A, B, C...: short names for runs in tables and plots (A is the baseline)."""
-    return [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(len(runs))]
+    return [tag(i) for i in range(len(runs))]
 
 
 def run_tag(row: Any) -> str:
     """The tag of the run a row belongs to (from its `run_index`)."""
-    i = int(row["run_index"])
-    return chr(ord("A") + i) if i < 26 else str(i + 1)
+    return tag(int(row["run_index"]))
 
 
 def _flag(value: Any, default: bool) -> bool:

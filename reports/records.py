@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,9 +218,3 @@ def load(path: str | Path) -> Run:
 
 def load_all(paths: Iterable[str | Path]) -> list[Run]:
     return [load(p) for p in paths]
-
-
-def frame(runs: Sequence[Run]) -> pd.DataFrame:
-    """Every cell of every run in one DataFrame, with a `run` column."""
-    frames = [r.frame() for r in runs]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run"])
