@@ -59,10 +59,10 @@ CLIENT_BOUND = 0.9  # load-generator CPU per core it has, above which it is the 
 SETTINGS = {
     "grpc": "grpcio thread-pool server (16 threads), protobuf; client: grpcio patched for "
     "gevent, one channel per user, ready before timing",
-    "json": "FastAPI on uvicorn (uvloop, httptools), orjson; client: geventhttpclient, one "
-    "keep-alive connection per user",
-    "msgpack": "FastAPI on uvicorn (uvloop, httptools), msgpack (float32 kept); client: "
-    "geventhttpclient, one keep-alive connection per user",
+    "json": "FastAPI on uvicorn (uvloop, httptools), orjson; client: one keep-alive "
+    "HTTP/1.1 connection per user, prepared request, httptools parser",
+    "msgpack": "FastAPI on uvicorn (uvloop, httptools), msgpack (float32 kept); client: one "
+    "keep-alive HTTP/1.1 connection per user, prepared request, httptools parser",
     "server_timing": "on (decode, infer, encode per reply)",
     "access_log": "off",
     "gzip": "gRPC message compression / HTTP Content-Encoding, both ways, every message",
@@ -155,7 +155,7 @@ def versions() -> dict[str, str]:
     from wiremark.servers.runner import versions as model_versions
 
     out = {"python": platform.python_version(), "wiremark": __version__, **model_versions()}
-    for package in ("msgpack", "orjson", "locust", "geventhttpclient", "gevent"):
+    for package in ("msgpack", "orjson", "locust", "httptools", "gevent"):
         try:
             out[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

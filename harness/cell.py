@@ -169,8 +169,13 @@ class CountingRelay:
         self.server.stop()
 
 
-def wire_bytes(env: Any, cls: Any, requests: int, warm: int = 5) -> dict[str, float]:
-    """Bytes on the wire per request, each way, through a CountingRelay."""
+def wire_bytes(
+    env: Any, cls: Any, requests: int, warm: int = 5, timeout: float = 60.0
+) -> dict[str, float]:
+    """Bytes on the wire per request, each way, through a CountingRelay; a RuntimeError
+    when a request fails or the pass takes longer than `timeout` seconds."""
+    import gevent
+
     relay = CountingRelay(cls.address)
     try:
         user = type(cls.__name__, (cls,), {"address": relay.address})(env)
@@ -182,12 +187,14 @@ def wire_bytes(env: Any, cls: Any, requests: int, warm: int = 5) -> dict[str, fl
                 failures.append(exception)
 
         env.events.request.add_listener(on_request)
+        overdue = RuntimeError(f"wire pass: not done within {timeout:.0f} s")
         try:
-            for _ in range(warm):
-                user.predict()
-            relay.reset()
-            for _ in range(requests):
-                user.predict()
+            with gevent.Timeout(timeout, overdue):
+                for _ in range(warm):
+                    user.predict()
+                relay.reset()
+                for _ in range(requests):
+                    user.predict()
             up, down = relay.up, relay.down
         finally:
             env.events.request.remove_listener(on_request)

@@ -1,7 +1,7 @@
 """Locust users, one per transport, that report every call the same way.
 
 Each user owns one long-lived connection (a gRPC channel made ready in `on_start`; a
-keep-alive geventhttpclient connection for HTTP) and fires `events.request` with
+keep-alive HTTP/1.1 connection for HTTP, `harness/http1.py`) and fires `events.request` with
 request_type = the transport, name = the model, response_time in ms (measured here with
 perf_counter, full resolution), response_length = reply body bytes.
 
@@ -28,7 +28,6 @@ import grpc
 import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 from gevent.queue import Empty, Queue
-from geventhttpclient import HTTPClient
 from locust import User, task
 
 from wiremark.payloads import bodies
@@ -41,6 +40,8 @@ from wiremark.payloads.contract import (
     grpc_path,
     predict_path,
 )
+
+from .http1 import Connection, prepare
 
 grpc_gevent.init_gevent()
 
@@ -147,31 +148,31 @@ class RestUser(TransportUser):
 
     def on_start(self) -> None:
         host, port = self.address.rsplit(":", 1)
-        self.http = HTTPClient(
-            host, int(port), concurrency=1, network_timeout=30, connection_timeout=30
-        )
-        self.body = bodies.encode(
+        self.http = Connection(host, int(port), timeout=30)
+        body = bodies.encode(
             self.transport, self.workload.model, self.workload.batch, self.workload.encoding
         )
-        self.headers = {"Content-Type": bodies.media_type(self.transport)}
+        headers = {"Content-Type": bodies.media_type(self.transport)}
         if self.workload.compression == "gzip":
-            self.body = gzip.compress(self.body, compresslevel=6)
-            self.headers |= {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}
-        self.path = predict_path(self.workload.model)
+            body = gzip.compress(body, compresslevel=6)
+            headers |= {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}
+        self.request_bytes = prepare(
+            "POST", host, int(port), predict_path(self.workload.model), headers, body
+        )
 
     def on_stop(self) -> None:
         self.http.close()
 
     def send(self, sample: bool) -> tuple[bytes, str]:
-        response = self.http.post(self.path, body=self.body, headers=self.headers)
-        data = response.read()
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {data[:200]!r}")
+        reply = self.http.exchange(self.request_bytes)
+        if reply.status != 200:
+            raise RuntimeError(f"HTTP {reply.status}: {reply.body[:200]!r}")
         if not sample:
-            return data, ""
-        if response.get("content-encoding") == "gzip":
+            return reply.body, ""
+        data = reply.body
+        if reply.header("content-encoding") == "gzip":
             data = gzip.decompress(data)
-        return data, str(response.get("server-timing") or "")
+        return data, reply.header("server-timing") or ""
 
 
 def user_class(transport: str, address: str, workload: Workload) -> type[TransportUser]:
