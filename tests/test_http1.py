@@ -63,9 +63,9 @@ def test_error_reply_is_returned_and_the_connection_goes_on(servers):
 
 
 @contextmanager
-def socket_server(handle) -> Iterator[tuple[int, list[int]]]:
-    """A loopback server that runs `handle(conn)` for each connection; yields its port and
-    a list that grows by one per connection accepted."""
+def socket_server(reply: bytes) -> Iterator[tuple[int, list[int]]]:
+    """A loopback server that reads each connection's request head, sends `reply` and closes
+    the connection; yields its port and a list that grows by one per connection accepted."""
     listener = socket.create_server(("127.0.0.1", 0))
     accepted: list[int] = []
 
@@ -77,7 +77,10 @@ def socket_server(handle) -> Iterator[tuple[int, list[int]]]:
                 return
             accepted.append(1)
             with conn:
-                handle(conn)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                conn.sendall(reply)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -87,18 +90,9 @@ def socket_server(handle) -> Iterator[tuple[int, list[int]]]:
         listener.close()
 
 
-def read_request(conn: socket.socket) -> None:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += conn.recv(65536)
-
-
 def test_a_server_that_closes_each_connection_gets_a_new_one():
-    def handle(conn: socket.socket) -> None:
-        read_request(conn)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
-
-    with socket_server(handle) as (port, accepted):
+    close_after = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    with socket_server(close_after) as (port, accepted):
         conn = Connection("127.0.0.1", port, timeout=5)
         request = prepare("POST", "127.0.0.1", port, "/", {}, b"")
         bodies = [conn.exchange(request).body for _ in range(3)]
@@ -108,11 +102,8 @@ def test_a_server_that_closes_each_connection_gets_a_new_one():
 
 
 def test_a_reply_cut_short_raises_and_drops_the_connection():
-    def handle(conn: socket.socket) -> None:
-        read_request(conn)
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-
-    with socket_server(handle) as (port, _):
+    cut_short = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
+    with socket_server(cut_short) as (port, _):
         conn = Connection("127.0.0.1", port, timeout=5)
         with pytest.raises(ConnectionClosed, match="closed the connection mid-reply"):
             conn.exchange(prepare("POST", "127.0.0.1", port, "/", {}, b""))
