@@ -101,13 +101,26 @@ def test_a_server_that_closes_each_connection_gets_a_new_one():
     assert len(accepted) == 3
 
 
+def test_a_kept_alive_connection_the_server_closed_is_retried_on_a_new_one():
+    # keep-alive replies, but the server hangs up after each, as uvicorn does after 5 s idle
+    hang_up = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with socket_server(hang_up) as (port, accepted):
+        conn = Connection("127.0.0.1", port, timeout=5)
+        request = prepare("POST", "127.0.0.1", port, "/", {}, b"")
+        bodies = [conn.exchange(request).body for _ in range(3)]
+        conn.close()
+    assert bodies == [b"ok"] * 3
+    assert len(accepted) == 3
+
+
 def test_a_reply_cut_short_raises_and_drops_the_connection():
     cut_short = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part"
-    with socket_server(cut_short) as (port, _):
+    with socket_server(cut_short) as (port, accepted):
         conn = Connection("127.0.0.1", port, timeout=5)
         with pytest.raises(ConnectionClosed, match="closed the connection mid-reply"):
             conn.exchange(prepare("POST", "127.0.0.1", port, "/", {}, b""))
         assert conn.sock is None
+    assert len(accepted) == 1  # part of a reply came: never retried
 
 
 def test_refused_connection_is_an_oserror():
