@@ -49,13 +49,12 @@ from wiremark.reports import records
 from wiremark.reports.records import ResultWriter
 
 from . import scenario as scenarios
-from .cell import batch_for, percentiles
+from .cell import CLIENT_BOUND, batch_for, percentiles
 from .conformance import Cell as ConformCell
 from .conformance import add_target_option, compare, conform
 from .launch import ServerProcess, ServerStartError
 from .scenario import CellSpec, Scenario
 
-CLIENT_BOUND = 0.9  # load-generator CPU per core it has, above which it is the bottleneck
 SETTINGS = {
     "grpc": "grpcio thread-pool server (16 threads), protobuf; client: grpcio patched for "
     "gevent, one channel per user, ready before timing",

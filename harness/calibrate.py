@@ -25,6 +25,7 @@ import psutil
 
 from wiremark.payloads.contract import GRPC_METHODS, Family, grpc_path, predict_path
 
+from .cell import CLIENT_BOUND
 from .clients import TRANSPORTS
 from .launch import ServerProcess
 from .loadgen import (
@@ -41,7 +42,6 @@ from .loadgen import (
 )
 
 MODEL = "iris"
-CLIENT_BOUND = 0.9
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

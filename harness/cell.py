@@ -52,6 +52,7 @@ import numpy as np
 from .steal import CLOCK_TICKS, steal_ticks
 
 PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p999": 99.9}
+CLIENT_BOUND = 0.9  # the cell's CPU per core it has, above which the client is the bottleneck
 
 
 def batch_for(model: str, size: int) -> Any:

@@ -97,26 +97,10 @@ def cell(
     }
 
 
-def write_run(
-    out_dir: Path,
-    *,
-    run_id: str = "synthetic",
-    trials: int = 3,
-    slowdown: float = 1.0,
-    noise: float = 0.02,
-    seed: int = 0,
-    concurrency: tuple[int, ...] = (1, 8),
-) -> Path:
-    """Write a synthetic run as `out_dir/results.json`, as `bench` would; returns the path."""
-    doc = run_doc(
-        run_id=run_id,
-        trials=trials,
-        slowdown=slowdown,
-        noise=noise,
-        seed=seed,
-        concurrency=concurrency,
-    )
-    return write_doc(Path(out_dir), doc)
+def write_run(out_dir: Path, **options: Any) -> Path:
+    """Write a synthetic run (`run_doc(**options)`) as `out_dir/results.json`, as `bench`
+    would; returns the path."""
+    return write_doc(Path(out_dir), run_doc(**options))
 
 
 def run_doc(
@@ -128,8 +112,8 @@ def run_doc(
     seed: int = 0,
     concurrency: tuple[int, ...] = (1, 8),
 ) -> dict[str, Any]:
-    """The document `write_run` writes (same cells for the same arguments), built in memory:
-    to edit before `write_doc`, and fast (`write_run` rewrites the file after every cell)."""
+    """A synthetic run's document, built in memory (same cells for the same arguments), to
+    edit before `write_doc`."""
     rng = np.random.default_rng(seed)
     conformance = [
         {"model": m, "transport": t, "inputs": 10, "mismatches": [], "worst": 1e-8, "passed": True}

@@ -7,6 +7,7 @@ a server with the wrong model.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import signal
@@ -23,6 +24,7 @@ from wiremark.harness import scenario as scenarios
 from wiremark.harness.launch import ServerProcess
 from wiremark.reports import records
 
+from .cli import wiremark
 from .conftest import TRANSPORTS
 
 TINY = """
@@ -39,13 +41,7 @@ sample = 5
 """
 
 
-def bench(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wiremark", "bench", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+bench = functools.partial(wiremark, "bench", timeout=400)
 
 
 def scenario_file(tmp: Path, text: str, name: str = "s.toml") -> str:

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-
-def wiremark(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wiremark", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from .cli import wiremark
 
 
 def test_unknown_model_is_a_usage_error():

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import subprocess
-import sys
 
 from wiremark.harness.launch import ServerProcess
 
+from .cli import wiremark
 from .conftest import TRANSPORTS
 
-
-def conform(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wiremark", "conform", "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+conform = functools.partial(wiremark, "conform", "--json", timeout=600)
 
 
 def test_every_model_and_transport_conforms(servers):

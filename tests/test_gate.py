@@ -4,12 +4,11 @@ servers). The A/A and injected-slowdown proofs of docs/ci.md run here on synthet
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import re
 import shlex
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -21,19 +20,14 @@ import pytest
 from tests.synthetic import run_doc, write_doc
 from wiremark.reports import gate, records
 
+from . import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 LATENCY = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms")
 
 
-def wiremark(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wiremark", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
+wiremark = functools.partial(cli.wiremark, cwd=ROOT)
 
 
 def load(doc: dict[str, Any], tmp: Path, name: str) -> records.Run:

@@ -3,13 +3,15 @@ benchmark's, printed, not asserted); without its load generators it says what to
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
+
+from . import cli
 
 FIELDS = {
     "transport",
@@ -23,14 +25,7 @@ FIELDS = {
 }
 
 
-def wiremark(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wiremark", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+wiremark = functools.partial(cli.wiremark, timeout=600)
 
 
 @pytest.mark.skipif(

@@ -7,13 +7,13 @@ uvicorn[standard] installs) and leaves a screenshot at /tmp/wiremark-report.png.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -26,6 +26,8 @@ import pytest
 
 from tests import synthetic
 from wiremark.reports import records, report
+
+from . import cli
 
 PLOTS = (
     "plot-percentiles",
@@ -44,14 +46,7 @@ EXTERNAL = re.compile(
 )
 
 
-def wiremark(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wiremark", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=cwd,
-    )
+wiremark = functools.partial(cli.wiremark, timeout=180)
 
 
 def figures(html: str) -> dict[str, str]:
