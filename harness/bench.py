@@ -44,12 +44,14 @@ import numpy as np
 from wiremark import __version__
 from wiremark.payloads import bodies
 from wiremark.payloads.contract import MODEL_FAMILIES, TRANSPORTS, PixelEncoding, Prediction
+from wiremark.payloads.errors import WiremarkError
 from wiremark.payloads.timing import parse_server_timing
 from wiremark.reports import records
 from wiremark.reports.records import ResultWriter
 
 from . import scenario as scenarios
 from .cell import CLIENT_BOUND, batch_for, percentiles
+from .clients import connect
 from .conformance import Cell as ConformCell
 from .conformance import add_target_option, compare, conform
 from .launch import ServerProcess, ServerStartError
@@ -749,6 +751,19 @@ def failed_cell(
     }
 
 
+def target_problem(transport: str, address: str, models: list[str]) -> str | None:
+    """What stops a server that bench did not start from being measured: it does not answer,
+    or does not serve one of the models. Checked in seconds, before anything loads; None
+    when it serves them all."""
+    try:
+        with connect(transport, address) as client:
+            for model in models:
+                client.metadata(model)
+    except WiremarkError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from wiremark.cli import UsageError
 
@@ -762,6 +777,11 @@ def run(args: argparse.Namespace) -> int:
         scenario.repeat = args.repeat
     if args.target and args.inject_delay_ms:
         raise UsageError("--inject-delay-ms applies to servers bench starts, not to --target")
+    for transport, address in args.target:
+        if transport in scenario.transports:
+            problem = target_problem(transport, address, scenario.models)
+            if problem:
+                raise UsageError(f"--target {transport}={address}: {problem}")
     out = args.out or Path("wiremark-results") / run_id()
     try:
         return execute(args, scenario, out)

@@ -37,6 +37,8 @@ from wiremark.payloads.contract import (
 )
 from wiremark.payloads.timing import parse_server_timing
 
+CONNECT_TIMEOUT = 10.0  # the most seconds to wait for a server to answer at all
+
 
 @dataclass
 class Reply:
@@ -82,14 +84,17 @@ class GrpcClient(Client):
 
     def __init__(self, address: str, timeout: float = 30.0) -> None:
         super().__init__(address, timeout)
+        wait = min(timeout, CONNECT_TIMEOUT)
         self.channel = grpc.insecure_channel(
             address, options=[("grpc.max_receive_message_length", -1)]
         )
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+            grpc.channel_ready_future(self.channel).result(timeout=wait)
         except grpc.FutureTimeoutError:
             self.channel.close()
-            raise errors.Unreachable(f"no gRPC server answered at {address}") from None
+            raise errors.Unreachable(
+                f"no gRPC server answered at {address} within {wait:g} s"
+            ) from None
         # bytes in, bytes out: encoding and decoding stay visible to the caller's clock
         self._calls = {m: self.channel.unary_unary(grpc_path(m)) for m in GRPC_METHODS.values()}
         self._metadata = self.channel.unary_unary(grpc_path(GRPC_METADATA_METHOD))
@@ -137,7 +142,11 @@ class HttpClient(Client):
         self.binary = binary
         self.transport = "msgpack" if binary else "json"
         self.media = bodies.media_type(self.transport)
-        self.http = httpx.Client(base_url=f"http://{address}", timeout=timeout, trust_env=False)
+        self.http = httpx.Client(
+            base_url=f"http://{address}",
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+            trust_env=False,
+        )
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

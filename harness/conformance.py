@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -126,12 +127,18 @@ def conform(
         references = {m: runner.build(m, dev) for m in models}
     cells = []
     for transport, address in targets.items():
-        with connect(transport, address, timeout=120) as client:
+        with ExitStack() as stack:
+            try:
+                client = stack.enter_context(connect(transport, address, timeout=120))
+            except WiremarkError as exc:  # no server there: every model fails, nothing is sent
+                client, unreachable = None, f"{type(exc).__name__}: {exc}"
             for model in models:
-                cell = check(client, model, references[model])
-                cells.append(cell)
+                if client is None:
+                    cells.append(Cell(model, transport, mismatches=[unreachable]))
+                else:
+                    cells.append(check(client, model, references[model]))
                 if progress:
-                    progress(cell)
+                    progress(cells[-1])
     return cells
 
 
@@ -191,8 +198,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from contextlib import ExitStack
-
     from .launch import ServerProcess
 
     def say(cell: Cell) -> None:

@@ -4,6 +4,7 @@ once per session; in-process reference runners; real clients (grpcio and httpx).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,3 +68,10 @@ def grpc_channel(servers: dict[str, ServerProcess]) -> Iterator[grpc.Channel]:
 def http_client() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=60, trust_env=False) as client:
         yield client
+
+
+def refused_address() -> str:
+    """host:port of a socket bound but not listening: connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"

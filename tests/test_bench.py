@@ -25,7 +25,7 @@ from wiremark.harness.launch import ServerProcess
 from wiremark.reports import records
 
 from .cli import wiremark
-from .conftest import TRANSPORTS
+from .conftest import TRANSPORTS, refused_address
 
 TINY = """
 [scenario]
@@ -190,6 +190,21 @@ def test_bad_scenarios_are_one_line_errors(tmp_path, text, message):
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_target_that_cannot_be_measured_is_a_one_line_error(tmp_path):
+    out = tmp_path / "o"
+    result = bench("--target", f"json={refused_address()}", "--out", str(out))
+    assert result.returncode == 2
+    assert "--target json=" in result.stderr and "Unreachable" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+    text = TINY.replace('models = ["iris"]', 'models = ["iris", "mnist"]')
+    with ServerProcess("json", ("--models", "iris")) as server:
+        result = bench(
+            "--scenario", scenario_file(tmp_path, text), "--target", f"json={server.address}"
+        )
+    assert result.returncode == 2
+    assert "UnknownModel" in result.stderr and "mnist" in result.stderr
 
 
 def test_shipped_scenarios():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import grpc
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from wiremark.harness.clients import connect
 from wiremark.payloads import errors, samples
 from wiremark.payloads.contract import Family
 
-from .conftest import MAX_BATCH, TRANSPORTS
+from .conftest import MAX_BATCH, TRANSPORTS, refused_address
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -31,12 +29,9 @@ def test_server_errors_arrive_as_their_class(transport, clients):
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_nobody_listening_is_unreachable(transport):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # bound, not listening: connections are refused
-        with pytest.raises(errors.Unreachable):
-            client = connect(transport, f"127.0.0.1:{port}", timeout=1)
-            client.predict("iris", samples.iris_rows(1)[0])
+    with pytest.raises(errors.Unreachable):
+        client = connect(transport, refused_address(), timeout=1)
+        client.predict("iris", samples.iris_rows(1)[0])
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -1,14 +1,17 @@
-"""`wiremark conform` passes on honest servers and fails on a server with the wrong model."""
+"""`wiremark conform` passes on honest servers and fails on a server with the wrong model or
+on no server at all."""
 
 from __future__ import annotations
 
 import functools
 import json
 
+import pytest
+
 from wiremark.harness.launch import ServerProcess
 
 from .cli import wiremark
-from .conftest import TRANSPORTS
+from .conftest import TRANSPORTS, refused_address
 
 conform = functools.partial(wiremark, "conform", "--json", timeout=600)
 
@@ -40,3 +43,15 @@ def test_a_wrong_model_fails_conformance():
 def test_bad_target_is_a_usage_error():
     result = conform("--target", "soap=localhost:1")
     assert result.returncode == 2 and "TRANSPORT=HOST:PORT" in result.stderr
+
+
+@pytest.mark.parametrize("transport", ["grpc", "json"])
+def test_an_unreachable_target_fails_every_model(transport):
+    result = conform(f"--target={transport}={refused_address()}", "--models", "iris,mnist")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    verdict = json.loads(result.stdout)
+    assert verdict["passed"] is False
+    assert [c["model"] for c in verdict["cells"]] == ["iris", "mnist"]
+    for cell in verdict["cells"]:
+        assert cell["inputs"] == 0 and "Unreachable" in " ".join(cell["details"])
