@@ -145,14 +145,13 @@ def encode_request(
 
 def encode_prediction(prediction: Prediction) -> Message:
     if isinstance(prediction, Classes):
-        return pb.ClassifyResponse(
-            predictions=[
-                pb.Classification(class_id=c, probabilities=p)
-                for c, p in zip(
-                    prediction.class_ids.tolist(), prediction.probabilities.tolist(), strict=True
-                )
-            ]
-        )
+        response = pb.ClassifyResponse()
+        add = response.predictions.add  # in place: a constructor's list would be copied in
+        for c, p in zip(
+            prediction.class_ids.tolist(), prediction.probabilities.tolist(), strict=True
+        ):
+            add(class_id=c, probabilities=p)
+        return response
     return pb.FaceResponse(
         predictions=[
             pb.ImageFaces(

@@ -22,13 +22,14 @@ class IrisMLP(Runner):
 
     def __init__(self, device: str) -> None:
         super().__init__(device)
-        self._model = CompiledKeras(
+        compiled = CompiledKeras(
             ARTEFACTS / "iris_mlp.keras", ARTEFACTS / "iris_mlp.tflite", device
         )
-        self.runtime_package = self._model.runtime
+        self.runtime_package = compiled.runtime
+        self._forward = compiled.forward
 
     def predict(self, batch: np.ndarray) -> Classes:  # type: ignore[override]
-        probabilities = self._model(batch)
+        probabilities = self._forward(batch)
         return Classes(probabilities.argmax(axis=1), probabilities)
 
     def sample(self) -> np.ndarray:

@@ -18,13 +18,14 @@ class MnistCNN(Runner):
 
     def __init__(self, device: str) -> None:
         super().__init__(device)
-        self._model = CompiledKeras(
+        compiled = CompiledKeras(
             ARTEFACTS / "mnist_cnn.keras", ARTEFACTS / "mnist_cnn.tflite", device
         )
-        self.runtime_package = self._model.runtime
+        self.runtime_package = compiled.runtime
+        self._forward = compiled.forward
 
     def predict(self, batch: np.ndarray) -> Classes:  # type: ignore[override]
-        probabilities = self._model(batch)
+        probabilities = self._forward(batch)
         return Classes(probabilities.argmax(axis=1), probabilities)
 
     def sample(self) -> np.ndarray:
