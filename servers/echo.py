@@ -94,13 +94,14 @@ def run_grpc_threads(host: str, port: int) -> None:
 def create_http_app() -> FastAPI:
     app = FastAPI(title="wiremark echo", openapi_url=None)
 
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        return Response(b'{"status":"SERVING"}', media_type="application/json")
-
+    # the first route, as the model server's predictions are first in theirs
     @app.post(HTTP_ECHO_PATH)
     async def echo(request: Request) -> Response:
         return Response(await request.body(), media_type=request.headers.get("content-type"))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response(b'{"status":"SERVING"}', media_type="application/json")
 
     return app
 

@@ -12,7 +12,7 @@ import pytest
 
 from wiremark.payloads import samples
 from wiremark.payloads import wiremark_pb2 as pb
-from wiremark.payloads.contract import JSON, MSGPACK, metadata_path
+from wiremark.payloads.contract import JSON, MSGPACK, metadata_path, predict_path
 
 from .conftest import MAX_BATCH, MAX_BODY
 from .wire import Rejected, grpc_raw, http_raw
@@ -135,6 +135,37 @@ def test_rest_rejects_bodies(
     error = response.json()
     assert error["message"] and error["error"]
     still_serving(transport, clients)
+
+
+def test_rest_rejects_an_oversize_chunked_body(servers, http_client, clients):
+    """No Content-Length to refuse up front: the server counts the bytes as they arrive."""
+
+    def chunks():
+        for _ in range(MAX_BODY // 1024 + 2):
+            yield b"x" * 1024
+
+    response = http_client.post(
+        f"http://{servers['json'].address}{predict_path('iris')}",
+        content=chunks(),
+        headers={"content-type": JSON},
+    )
+    assert response.status_code == 413
+    assert response.json()["field"] == "body"
+    still_serving("json", clients)
+
+
+@pytest.mark.parametrize(
+    ("transport", "content_type"),
+    [("json", "Application/JSON; charset=utf-8"), ("msgpack", "application/x-msgpack")],
+)
+def test_rest_reads_the_media_type_from_a_full_content_type(
+    transport, content_type, servers, http_client
+):
+    body = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
+    payload = orjson.dumps(body) if transport == "json" else msgpack.packb(body)
+    response = http_raw(http_client, servers[transport].address, "iris", payload, content_type)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith(JSON if transport == "json" else MSGPACK)
 
 
 def test_rest_unknown_model_metadata(servers, http_client):
