@@ -101,7 +101,10 @@ def test_conformance_and_environment_are_recorded(tiny_run):
 
 
 def test_an_interrupted_run_keeps_the_finished_cells(tmp_path):
+    # six cells: on a loaded machine this loop may see the first cell late, and the
+    # interrupt must still land in a run that has cells to go
     text = TINY.replace("duration_s = 1.5", "duration_s = 2").replace("rate = [150]", "rate = []")
+    text = text.replace("concurrency = [2]", "concurrency = [2, 4]")
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [
@@ -129,7 +132,7 @@ def test_an_interrupted_run_keeps_the_finished_cells(tmp_path):
     assert proc.returncode == 130, stderr[-2000:]
     assert "interrupted" in stderr and "Traceback" not in stderr
     run = records.load(out)
-    assert 1 <= len(run.cells) < 3 and run.meta["finished"] is None
+    assert 1 <= len(run.cells) < 6 and run.meta["finished"] is None
     assert all(c["requests"] > 0 for c in run.cells)
     time.sleep(1)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
