@@ -327,12 +327,13 @@ def check_samples(
     """Sampled replies against the reference: (checked, mismatches, server-timing medians,
     client decode ms, reply body bytes)."""
     checker = ConformCell(spec.model, spec.transport)
+    family = MODEL_FAMILIES[spec.model]
     timings: dict[str, list[float]] = {}
     decode_ms = body_bytes = None
     for i, sample in enumerate(samples):
         body = base64.b64decode(sample["body"])
         try:
-            got = bodies.decode(spec.transport, MODEL_FAMILIES[spec.model], body)
+            got = bodies.decode(spec.transport, family, body)
         except Exception as exc:  # a reply that does not even decode is a mismatch
             checker.mismatches.append(f"sample {i}: undecodable reply: {exc}")
             continue
@@ -341,9 +342,7 @@ def check_samples(
             timings.setdefault(stage, []).append(ms)
         if decode_ms is None:
             body_bytes = len(body)
-            decode_ms = timed(
-                functools.partial(bodies.decode, spec.transport, MODEL_FAMILIES[spec.model], body)
-            )
+            decode_ms = timed(functools.partial(bodies.decode, spec.transport, family, body))
     medians = {k: statistics.median(v) for k, v in timings.items()}
     return len(samples), checker.mismatches, medians, decode_ms, body_bytes
 

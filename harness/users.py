@@ -126,7 +126,7 @@ class GrpcUser(TransportUser):
         family = MODEL_FAMILIES[self.workload.model]
         self.call = self.channel.unary_unary(grpc_path(GRPC_METHODS[family]))
         self.body = bodies.encode(
-            "grpc", self.workload.model, self.workload.batch, self.workload.encoding
+            "grpc", self.workload.model, self.workload.batch, self.workload.encoding, family
         )
 
     def on_stop(self) -> None:

@@ -1,8 +1,9 @@
 """Protobuf messages <-> the models' numpy batches and predictions.
 
-The servers register their methods with pass-through (bytes) serializers and call
-`decode_request` / `encode_prediction` themselves, so the protobuf parse and serialize are
-timed as `decode` and `encode`, like the JSON and MessagePack parses on the REST side.
+The servers register their methods with pass-through (bytes) serializers and call `parse`
+with the family's `REQUEST_TYPES` entry, its `DECODERS` entry and `encode_prediction`
+themselves, so the protobuf parse and serialize are timed as `decode` and `encode`, like the
+JSON and MessagePack parses on the REST side.
 """
 
 from __future__ import annotations
@@ -107,16 +108,6 @@ DECODERS: dict[Family, Callable[..., Batch]] = {
     Family.DIGITS: decode_digits,
     Family.FACES: decode_faces,
 }
-
-
-def parse_request(family: Family, data: bytes) -> Message:
-    """Request bytes -> the family's request message; its `.model` names the model."""
-    return parse(REQUEST_TYPES[family], data)
-
-
-def decode_batch(family: Family, request: Message, max_batch: int) -> Batch:
-    """A parsed request -> the model's batch, validated."""
-    return DECODERS[family](request, max_batch)
 
 
 def encode_request(

@@ -250,8 +250,7 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
     app.openapi = openapi  # type: ignore[method-assign]
     # Starlette tries the routes in order on every request, and FastAPI put its docs routes
     # first: predictions go first (the catch-all for unknown models stays last among them).
-    routes = app.router.routes
-    routes.sort(key=lambda route: not getattr(route, "path", "").endswith(":predict"))
+    app.router.routes.sort(key=lambda route: not getattr(route, "path", "").endswith(":predict"))
     return app
 
 
