@@ -43,7 +43,8 @@ import numpy as np
 
 from wiremark import __version__
 from wiremark.payloads import bodies
-from wiremark.payloads.contract import MODEL_FAMILIES, TRANSPORTS, PixelEncoding, Prediction
+from wiremark.payloads import transport as registry
+from wiremark.payloads.contract import MODEL_FAMILIES, PixelEncoding, Prediction
 from wiremark.payloads.errors import WiremarkError
 from wiremark.payloads.timing import parse_server_timing
 from wiremark.reports import records
@@ -57,17 +58,26 @@ from .conformance import add_target_option, compare, conform
 from .launch import ServerProcess, ServerStartError
 from .scenario import CellSpec, Scenario
 
-SETTINGS = {
-    "grpc": "grpcio thread-pool server (16 threads), protobuf; client: grpcio patched for "
-    "gevent, one channel per user, ready before timing",
-    "json": "FastAPI on uvicorn (uvloop, httptools), orjson; client: one keep-alive "
-    "HTTP/1.1 connection per user, prepared request, httptools parser",
-    "msgpack": "FastAPI on uvicorn (uvloop, httptools), msgpack (float32 kept); client: one "
-    "keep-alive HTTP/1.1 connection per user, prepared request, httptools parser",
+COMMON_SETTINGS = {
     "server_timing": "on (decode, infer, encode per reply)",
-    "access_log": "off",
     "gzip": "gRPC message compression / HTTP Content-Encoding, both ways, every message",
 }
+
+
+def settings(names: list[str], external: bool, delay_ms: float = 0.0) -> dict[str, str]:
+    """How each transport ran, in words, from the server kind and the load driver that ran
+    it (not from text written beside them)."""
+    from wiremark.servers.serve import ServeOptions, server_kind
+    from wiremark.servers.service import ServiceConfig
+
+    from .transports import driver
+
+    out: dict[str, str] = {}
+    for name in names:
+        options = ServeOptions(name, service=ServiceConfig(inject_delay_ms=delay_ms))
+        server = "external (--target)" if external else server_kind(name).describe(options)
+        out[name] = f"{server}; client: {driver(name).settings}"
+    return out | COMMON_SETTINGS | {"access_log": "off"}
 
 
 class BenchError(RuntimeError):
@@ -203,10 +213,9 @@ def timed(fn: Callable[[], Any], budget_s: float = 0.3, most: int = 500) -> floa
 
 class References:
     def __init__(self, models: list[str]) -> None:
-        from wiremark.servers import device, runner
+        from wiremark.servers.runner import build_all
 
-        dev = device.configure("cpu")
-        self.runners = {m: runner.build(m, dev) for m in models}
+        self.runners = build_all(models)[0]
         self.cache: dict[tuple[str, int, str], Reference] = {}
 
     def get(self, model: str, batch_size: int, encoding: str) -> Reference:
@@ -216,7 +225,7 @@ class References:
             run = self.runners[model]
             ref = Reference(run.predict(batch), timed(lambda: run.predict(batch)))
             pixels = PixelEncoding(encoding)
-            for t in TRANSPORTS:
+            for t in registry.names():
                 ref.request_bytes[t] = len(bodies.encode(t, model, batch, pixels))
                 ref.client_encode_ms[t] = timed(
                     functools.partial(bodies.encode, t, model, batch, pixels)
@@ -571,7 +580,8 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path) -> int:
                 "client_cpus": client_cpus,
                 "note": placement_note(shared, bool(external)),
             },
-            "settings": SETTINGS | ({"servers": "external (--target)"} if external else {}),
+            "transports": [registry.get(t).describe() for t in transports],
+            "settings": settings(transports, bool(external), args.inject_delay_ms),
         },
     )
     progress = Progress(total)

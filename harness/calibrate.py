@@ -23,10 +23,9 @@ from typing import Any
 
 import psutil
 
-from wiremark.payloads.contract import GRPC_METHODS, Family, grpc_path, predict_path
+from wiremark.payloads import transport as transports
 
 from .cell import CLIENT_BOUND
-from .clients import TRANSPORTS
 from .launch import ServerProcess
 from .loadgen import (
     LoadError,
@@ -37,8 +36,8 @@ from .loadgen import (
     check_tools,
     least_disturbed,
     log,
-    payload,
     placement,
+    target,
 )
 
 MODEL = "iris"
@@ -114,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     log(f"wiremark calibrate: {MODEL}, servers on core {server_cpu}, load on core {client_cpu}")
     try:
         with tempfile.TemporaryDirectory(prefix="wiremark-calibrate-") as tmp, ExitStack() as stack:
-            servers = {t: ServerProcess(t, ("--models", MODEL), server_cpu) for t in TRANSPORTS}
+            names = transports.names()
+            servers = {t: ServerProcess(t, ("--models", MODEL), server_cpu) for t in names}
             for server in servers.values():
                 stack.callback(server.stop)
                 server.start()
@@ -123,13 +123,9 @@ def run(args: argparse.Namespace) -> int:
             loadgen = LoadGenerator(Path(tmp), server_cpu, client_cpu)
             targets = {}
             for t, server in servers.items():
-                media, body, file = payload(t, Path(tmp), MODEL)
-                path = (
-                    grpc_path(GRPC_METHODS[Family.TABULAR]) if t == "grpc" else predict_path(MODEL)
-                )
-                targets[t] = Target(server, path, media, body, False, file)
+                targets[t] = target(server, t, Path(tmp), MODEL)
                 targets[t].verify(expected_class=0)  # iris row 0 is a setosa
-            rows = [measure(t, targets[t], loadgen, args) for t in TRANSPORTS]
+            rows = [measure(t, targets[t], loadgen, args) for t in names]
     except LoadError as exc:
         print(f"wiremark: error: {exc}", file=sys.stderr)
         return 1

@@ -56,13 +56,11 @@ CLIENT_BOUND = 0.9  # the cell's CPU per core it has, above which the client is 
 
 
 def batch_for(model: str, size: int) -> Any:
+    """`size` inputs of the model's family (looked up, never guessed from the name)."""
     from wiremark.payloads import samples
+    from wiremark.payloads.contract import MODEL_FAMILIES
 
-    if model in ("iris", "iris_rf"):
-        return samples.iris_rows(size)[0]
-    if model == "mnist":
-        return samples.mnist_digits(size)[0]
-    return (samples.face_images(sizes=(160,)) * size)[:size]
+    return samples.batch(MODEL_FAMILIES[model], size)
 
 
 def percentiles(latencies_ms: Any) -> dict[str, float | None]:
@@ -325,10 +323,12 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from wiremark.payloads import transport as transports
+
     parser = argparse.ArgumentParser(
         prog="python -m wiremark.harness.cell", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--transport", choices=("grpc", "json", "msgpack"), required=True)
+    parser.add_argument("--transport", choices=transports.names(), required=True)
     parser.add_argument("--address", required=True, help="HOST:PORT")
     parser.add_argument("--model", default="iris")
     parser.add_argument(

@@ -19,10 +19,18 @@ from typing import Any
 import numpy as np
 
 from wiremark.payloads import samples
-from wiremark.payloads.contract import Batch, Classes, PixelEncoding, Prediction
+from wiremark.payloads import transport as transports
+from wiremark.payloads.contract import (
+    MODEL_FAMILIES,
+    Batch,
+    Classes,
+    Family,
+    PixelEncoding,
+    Prediction,
+)
 from wiremark.payloads.errors import WiremarkError
 
-from .clients import TRANSPORTS, Client, connect
+from .clients import Client, connect
 
 PROBABILITY_TOLERANCE = 1e-6
 CONFIDENCE_TOLERANCE = 1e-6
@@ -44,9 +52,9 @@ class Cell:
         return self.inputs > 0 and not self.mismatches
 
 
-def cases(model: str) -> Iterator[tuple[str, Batch, PixelEncoding]]:
-    """(label, batch, encoding) for the model's fixed input set."""
-    if model in ("iris", "iris_rf"):
+def cases(family: Family) -> Iterator[tuple[str, Batch, PixelEncoding]]:
+    """(label, batch, encoding) for the family's fixed input set."""
+    if family is Family.TABULAR:
         rows, _ = samples.iris_rows()
         for start in range(0, len(rows), BATCH):
             yield (
@@ -54,17 +62,15 @@ def cases(model: str) -> Iterator[tuple[str, Batch, PixelEncoding]]:
                 rows[start : start + BATCH],
                 PixelEncoding.RAW,
             )
-    elif model == "mnist":
+    elif family is Family.DIGITS:
         digits, _ = samples.mnist_digits(MNIST_INPUTS)
         for encoding in PixelEncoding:
             for start in range(0, len(digits), BATCH):
                 batch = digits[start : start + BATCH]
                 yield f"{encoding} digits {start}-{start + BATCH - 1}", batch, encoding
-    elif model == "face":
+    else:
         for image in samples.face_images(FACE_SIZES):
             yield image.image_id, [image], PixelEncoding.RAW
-    else:
-        raise ValueError(f"no conformance inputs for {model!r}")
 
 
 def compare(label: str, got: Prediction, want: Prediction, cell: Cell) -> None:
@@ -101,7 +107,7 @@ def compare(label: str, got: Prediction, want: Prediction, cell: Cell) -> None:
 
 def check(client: Client, model: str, reference: Any) -> Cell:
     cell = Cell(model, client.transport)
-    for label, batch, encoding in cases(model):
+    for label, batch, encoding in cases(MODEL_FAMILIES[model]):
         try:
             reply = client.predict(model, batch, encoding)
         except WiremarkError as exc:
@@ -121,10 +127,9 @@ def conform(
     """Check every model on every target ({transport: host:port}) against the in-process
     runners (`references`: {model: runner}; built here when not given)."""
     if references is None:
-        from wiremark.servers import device, runner
+        from wiremark.servers.runner import build_all
 
-        dev = device.configure("cpu")
-        references = {m: runner.build(m, dev) for m in models}
+        references = build_all(models)[0]
     cells = []
     for transport, address in targets.items():
         with ExitStack() as stack:
@@ -168,9 +173,10 @@ def table(cells: list[Cell]) -> str:
 
 def parse_target(text: str) -> tuple[str, str]:
     transport, _, address = text.partition("=")
-    if transport not in TRANSPORTS or ":" not in address:
+    names = transports.names()
+    if transport not in names or ":" not in address:
         raise argparse.ArgumentTypeError(
-            f"expected TRANSPORT=HOST:PORT with a transport of {TRANSPORTS}"
+            f"expected TRANSPORT=HOST:PORT with a transport of {', '.join(names)}"
         )
     return transport, address
 
@@ -188,12 +194,12 @@ def add_target_option(parser: argparse.ArgumentParser, help: str) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from wiremark.cli import _models
-    from wiremark.servers.runner import MODELS
+    from wiremark.servers.runner import models
 
     p = sub.add_parser("conform", help="check every transport returns the in-process predictions")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     add_target_option(p, "check a running server (repeatable); without it wiremark starts all")
-    p.add_argument("--models", type=_models, default=MODELS)
+    p.add_argument("--models", type=_models, default=models())
     p.set_defaults(run=run)
 
 
@@ -208,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         targets = dict(args.target)
         if not targets:
             models = ("--models", ",".join(args.models))
-            procs = [ServerProcess(t, models) for t in TRANSPORTS]
+            procs = [ServerProcess(t, models) for t in transports.names()]
             for proc in procs:
                 stack.callback(proc.stop)
                 proc.start()

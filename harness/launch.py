@@ -17,10 +17,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import grpc
-import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
@@ -77,19 +73,10 @@ class ServerProcess:
         return f"{self.host}:{self.port}"
 
     def healthy(self) -> bool:
-        """True when the server says SERVING; False while it loads."""
-        if self.transport == "grpc":
-            with grpc.insecure_channel(self.address) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                except grpc.RpcError:
-                    return False
-                return reply.status == health_pb2.HealthCheckResponse.SERVING
-        try:
-            return httpx.get(f"http://{self.address}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
+        """True when the server says SERVING; False while it loads (its wire's check)."""
+        from .transports import driver
+
+        return driver(self.transport).healthy(self.address)
 
     def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
         deadline = time.monotonic() + timeout

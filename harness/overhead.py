@@ -27,16 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wiremark.payloads.contract import (
-    GRPC_METHODS,
-    Family,
-    grpc_path,
-    predict_path,
-)
+from wiremark.payloads import transport as transports
 from wiremark.payloads.samples import iris_rows
-from wiremark.servers.echo import GRPC_ECHO_PATH, HTTP_ECHO_PATH
 
-from .clients import TRANSPORTS
 from .launch import ServerProcess, ServerStartError
 from .loadgen import (
     LoadError,
@@ -46,10 +39,11 @@ from .loadgen import (
     add_run_options,
     check_tools,
     log,
-    payload,
     pinned,
     placement,
+    target,
 )
+from .transports import driver, for_wire
 
 MODEL = "iris"
 EFFICIENCY_TARGET = 0.80
@@ -101,10 +95,17 @@ class InProcess:
 
 
 class EchoProcess(ServerProcess):
-    """`python -m wiremark.servers.echo`, started and stopped like a model server."""
+    """`python -m wiremark.servers.echo` for one wire, started and stopped like a model
+    server (its `transport` field holds the wire)."""
 
     def entry(self) -> list[str]:
         return [sys.executable, "-m", "wiremark.servers.echo"]
+
+    def command(self) -> list[str]:
+        return [arg if arg != "--transport" else "--wire" for arg in super().command()]
+
+    def healthy(self) -> bool:
+        return for_wire(self.transport).healthy(self.address)
 
 
 class Bench:
@@ -114,25 +115,20 @@ class Bench:
         self.loadgen = LoadGenerator(tmp, server_cpu, client_cpu)
         self.stack = ExitStack()
         self.expected_class = -1
+        self.transports = transports.names()
         mode_args = ("--grpc-mode", mode)  # the HTTP servers ignore it
-        echo_grpc = EchoProcess("grpc", mode_args, server_cpu)
-        echo_http = EchoProcess("http", mode_args, server_cpu)
+        wires = dict.fromkeys(driver(t).wire for t in self.transports)
+        echoes = {w: EchoProcess(w, mode_args, server_cpu) for w in wires}
         models = {
-            t: ServerProcess(t, ("--models", MODEL, *mode_args), server_cpu) for t in TRANSPORTS
+            t: ServerProcess(t, ("--models", MODEL, *mode_args), server_cpu)
+            for t in self.transports
         }
-        self.servers = [echo_grpc, echo_http, *models.values()]
+        self.servers = [*echoes.values(), *models.values()]
         self.targets: dict[tuple[str, str], Target] = {}
-        for transport in TRANSPORTS:
-            media, body, file = payload(transport, tmp, MODEL)
-            if transport == "grpc":
-                echo, echo_path = echo_grpc, GRPC_ECHO_PATH
-                model_path = grpc_path(GRPC_METHODS[Family.TABULAR])
-            else:
-                echo, echo_path, model_path = echo_http, HTTP_ECHO_PATH, predict_path(MODEL)
-            self.targets[transport, "echo"] = Target(echo, echo_path, media, body, True, file)
-            self.targets[transport, "model"] = Target(
-                models[transport], model_path, media, body, False, file
-            )
+        for t in self.transports:
+            echo = echoes[driver(t).wire]
+            self.targets[t, "echo"] = target(echo, t, tmp, MODEL, echo=True)
+            self.targets[t, "model"] = target(models[t], t, tmp, MODEL)
 
     def __enter__(self) -> Bench:
         try:
@@ -159,8 +155,8 @@ class Bench:
         self.verify_all()
 
     def verify_all(self) -> None:
-        for target in self.targets.values():
-            target.verify(self.expected_class)
+        for each in self.targets.values():
+            each.verify(self.expected_class)
 
     def load(self, transport: str, kind: str, conns: int, duration: int) -> Sample:
         return self.loadgen.load(self.targets[transport, kind], conns, duration)
@@ -254,20 +250,20 @@ def measure(bench: Bench, inproc: InProcess, repeats: int, duration: int) -> lis
     """Per repetition: the in-process p50, then per transport echo c16, model c16, echo c1,
     model c1, one server loaded at a time; medians over the repetitions."""
     runs: dict[str, dict[tuple[str, int], list[Sample]]] = {
-        t: {(k, c): [] for k in ("echo", "model") for c in (16, 1)} for t in TRANSPORTS
+        t: {(k, c): [] for k in ("echo", "model") for c in (16, 1)} for t in bench.transports
     }
     inproc_ms: list[float] = []
     for r in range(1, repeats + 1):
         inproc_ms.append(inproc.p50_ms())
         log(f"[{r}/{repeats}] in-process p50 {inproc_ms[-1]:.3f} ms ({INPROC_CALLS} calls)")
-        for transport in TRANSPORTS:
+        for transport in bench.transports:
             for conns in (16, 1):
                 for kind in ("echo", "model"):
                     sample = bench.load(transport, kind, conns, duration)
                     runs[transport][kind, conns].append(sample)
                     log(f"[{r}/{repeats}] {transport:<7} {kind:<5} c={conns:<2} {sample}")
     bench.verify_all()  # the servers still answer correctly after the load
-    return [summarise(t, runs[t], inproc_ms) for t in TRANSPORTS]
+    return [summarise(t, runs[t], inproc_ms) for t in bench.transports]
 
 
 def table(results: list[Result], where: str, args: argparse.Namespace) -> str:

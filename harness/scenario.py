@@ -34,8 +34,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from wiremark.payloads.contract import MODEL_FAMILIES, TRANSPORTS, Family
-from wiremark.servers.runner import MODELS
+from wiremark.payloads import transport as transports
+from wiremark.payloads.contract import MODEL_FAMILIES, Family
+from wiremark.servers import runner
 
 SHIPPED = Path(__file__).with_name("scenarios")
 
@@ -83,8 +84,8 @@ class CellSpec:
 @dataclass
 class Scenario:
     name: str = "custom"
-    models: list[str] = field(default_factory=lambda: list(MODELS))
-    transports: list[str] = field(default_factory=lambda: list(TRANSPORTS))
+    models: list[str] = field(default_factory=lambda: list(runner.models()))
+    transports: list[str] = field(default_factory=lambda: list(transports.names()))
     concurrency: list[int] = field(default_factory=lambda: [8])
     rate: list[float | str] = field(default_factory=list)
     arrival: str = "constant"
@@ -109,8 +110,8 @@ class Scenario:
                 raise ScenarioError(f"scenario {self.name!r}: {message}")
 
         for key, allowed in (
-            ("models", MODELS),
-            ("transports", TRANSPORTS),
+            ("models", runner.models()),
+            ("transports", transports.names()),
             ("encodings", ("raw", "list")),
             ("compression", ("none", "gzip")),
         ):

@@ -1,13 +1,15 @@
-"""Locust users, one per transport, that report every call the same way.
+"""Locust users over any registered transport, reporting every call the same way, and the
+open-loop scheduler.
 
-Each user owns one long-lived connection (a gRPC channel made ready in `on_start`; a
-keep-alive HTTP/1.1 connection for HTTP, `harness/http1.py`) and fires `events.request` with
-request_type = the transport, name = the model, response_time in ms (measured here with
-perf_counter, full resolution), response_length = reply body bytes.
+Each user owns one long-lived connection, made by its wire's user class
+(`harness/transports/`: a ready gRPC channel, or a keep-alive HTTP/1.1 connection), and
+fires `events.request` with request_type = the transport, name = the model, response_time
+in ms (measured here with perf_counter, full resolution), response_length = reply body bytes.
 
-grpcio only cooperates with gevent when `grpc.experimental.gevent.init_gevent()` runs
-before any channel exists, and it does not survive fork() once one does: import this module
-in a fresh process that makes its channels per user, after any fork (`harness/cell.py`).
+Importing Locust patches the process for gevent, and grpcio only cooperates with gevent
+when patched before any channel exists and does not survive fork() once one does: use
+this module in a fresh load-generator process (`harness/cell.py`), never in one that
+already holds a channel.
 
 Closed loop runs the users through Locust's own runner (a task, no wait). Open loop
 (`OpenLoop`) keeps a pool of user instances as connections and schedules sends at a target
@@ -16,7 +18,6 @@ rate; each send reports its latency from the time it was *meant* to go out.
 
 from __future__ import annotations
 
-import gzip
 import itertools
 import random
 import time
@@ -24,26 +25,12 @@ from typing import Any, ClassVar
 
 import gevent
 import gevent.pool
-import grpc
-import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 from gevent.queue import Empty, Queue
 from locust import User, task
 
-from wiremark.payloads import bodies
-from wiremark.payloads.contract import (
-    GRPC_METHODS,
-    MODEL_FAMILIES,
-    SERVER_TIMING,
-    Batch,
-    PixelEncoding,
-    grpc_path,
-    predict_path,
-)
-
-from .http1 import Connection, prepare
-
-grpc_gevent.init_gevent()
+from wiremark.payloads.contract import MODEL_FAMILIES, Batch, Family, PixelEncoding
+from wiremark.payloads.transport import BodyCodec
 
 
 class Workload:
@@ -71,10 +58,17 @@ class Workload:
 
 
 class TransportUser(User):
+    """The wire's user (`harness/transports/`) adds `on_start`, `on_stop` and `send`."""
+
     abstract = True
     transport: ClassVar[str]
+    codec: ClassVar[BodyCodec]
     address: ClassVar[str] = "127.0.0.1:0"
     workload: ClassVar[Workload] = Workload()
+
+    @property
+    def family(self) -> Family:
+        return MODEL_FAMILIES[self.workload.model]
 
     def wait_time(self) -> float:  # closed loop: the next request as soon as one returns
         return 0.0
@@ -111,77 +105,23 @@ class TransportUser(User):
         )
 
 
-class GrpcUser(TransportUser):
-    abstract = True
-    transport = "grpc"
-
-    def on_start(self) -> None:
-        compression = grpc.Compression.Gzip if self.workload.compression == "gzip" else None
-        self.channel = grpc.insecure_channel(
-            self.address,
-            options=[("grpc.max_receive_message_length", -1)],
-            compression=compression,
-        )
-        grpc.channel_ready_future(self.channel).result(timeout=30)
-        family = MODEL_FAMILIES[self.workload.model]
-        self.call = self.channel.unary_unary(grpc_path(GRPC_METHODS[family]))
-        self.body = bodies.encode(
-            "grpc", self.workload.model, self.workload.batch, self.workload.encoding, family
-        )
-
-    def on_stop(self) -> None:
-        self.channel.close()
-
-    def send(self, sample: bool) -> tuple[bytes, str]:
-        try:
-            if not sample:
-                return self.call(self.body, timeout=30), ""
-            reply, call = self.call.with_call(self.body, timeout=30)
-        except grpc.RpcError as exc:  # a readable error, as the HTTP users give
-            raise RuntimeError(f"gRPC {exc.code().name}: {exc.details()}") from None
-        return reply, str(dict(call.trailing_metadata() or ()).get(SERVER_TIMING, ""))
-
-
-class RestUser(TransportUser):
-    abstract = True
-    binary: ClassVar[bool] = False
-
-    def on_start(self) -> None:
-        host, port = self.address.rsplit(":", 1)
-        self.http = Connection(host, int(port), timeout=30)
-        body = bodies.encode(
-            self.transport, self.workload.model, self.workload.batch, self.workload.encoding
-        )
-        headers = {"Content-Type": bodies.media_type(self.transport)}
-        if self.workload.compression == "gzip":
-            body = gzip.compress(body, compresslevel=6)
-            headers |= {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}
-        self.request_bytes = prepare(
-            "POST", host, int(port), predict_path(self.workload.model), headers, body
-        )
-
-    def on_stop(self) -> None:
-        self.http.close()
-
-    def send(self, sample: bool) -> tuple[bytes, str]:
-        reply = self.http.exchange(self.request_bytes)
-        if reply.status != 200:
-            raise RuntimeError(f"HTTP {reply.status}: {reply.body[:200]!r}")
-        if not sample:
-            return reply.body, ""
-        data = reply.body
-        if reply.header("content-encoding") == "gzip":
-            data = gzip.decompress(data)
-        return data, reply.header("server-timing") or ""
-
-
 def user_class(transport: str, address: str, workload: Workload) -> type[TransportUser]:
-    """A concrete user class for one target (Locust instantiates classes, not objects)."""
-    base: type[TransportUser] = GrpcUser if transport == "grpc" else RestUser
-    attrs: dict[str, Any] = {"abstract": False, "address": address, "workload": workload}
-    if transport != "grpc":
-        attrs.update(transport=transport, binary=transport == "msgpack")
-    return type(f"{transport.title()}User", (base,), attrs)
+    """A concrete user class for one target (Locust instantiates classes, not objects), on
+    the Locust user of the transport's wire."""
+    from wiremark.payloads import transport as transports
+
+    from .transports import for_wire
+
+    descriptor = transports.get(transport)
+    base: type[TransportUser] = for_wire(descriptor.wire).user_base()
+    attrs: dict[str, Any] = {
+        "abstract": False,
+        "address": address,
+        "workload": workload,
+        "transport": descriptor.name,
+        "codec": descriptor.codec,
+    }
+    return type(f"{descriptor.name.title().replace('-', '')}User", (base,), attrs)
 
 
 class OpenLoop:

@@ -39,9 +39,6 @@ DIGIT_SIDE = 28
 DIGIT_PIXELS = DIGIT_SIDE * DIGIT_SIDE
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
-# A transport is a server and a client sharing one codec of this package.
-TRANSPORTS = ("grpc", "json", "msgpack")
-
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 # Content types accepted as MessagePack (there is no single registered one).
@@ -54,6 +51,11 @@ GRPC_METHODS: dict[Family, str] = {
     Family.FACES: "DetectFaces",
 }
 GRPC_METADATA_METHOD = "GetModelMetadata"
+# the bare echoes of `wiremark overhead`, one per wire
+GRPC_ECHO_SERVICE = "wiremark.v1.Echo"
+GRPC_ECHO_METHOD = "Echo"
+GRPC_ECHO_PATH = f"/{GRPC_ECHO_SERVICE}/{GRPC_ECHO_METHOD}"
+HTTP_ECHO_PATH = "/echo"
 SERVER_TIMING = "server-timing"  # HTTP header and gRPC trailing-metadata key
 
 DEFAULT_MAX_BATCH = 256

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import EncodedImage
+from .contract import Batch, EncodedImage, Family
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 PHOTOS = ("astronaut", "camera", "coffee")
@@ -75,3 +75,13 @@ def face_images(
 ) -> list[EncodedImage]:
     """JPEG photos, one per (photo, size), with ids like "astronaut-320"."""
     return [EncodedImage(f"{p}-{s}", _photo(p, s)) for s in sizes for p in photos]
+
+
+def batch(family: Family, size: int) -> Batch:
+    """`size` inputs of a family's wire shape, for load cells: iris rows, MNIST digits, or
+    160-pixel photos, cycling."""
+    if family is Family.TABULAR:
+        return iris_rows(size)[0]
+    if family is Family.DIGITS:
+        return mnist_digits(size)[0]
+    return (face_images(sizes=(160,)) * size)[:size]

@@ -9,6 +9,7 @@ import os
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "gpu", "auto")
+CPU = "/CPU:0"
 
 
 class DeviceError(RuntimeError):

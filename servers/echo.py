@@ -6,11 +6,11 @@
   bytes; grpc.health.v1 says SERVING once it listens.
 - HTTP: a FastAPI app whose `POST /echo` returns the request body as a raw starlette
   `Response` (same Content-Type), on the model server's uvicorn settings
-  (`serve.uvicorn_config`: uvloop, httptools, no access log); `GET /healthz` answers 200.
+  (`http_server.uvicorn_config`: uvloop, httptools, no access log); `GET /healthz` answers 200.
 
 Each logs `listening on HOST:PORT` on stderr once bound, like `wiremark serve`:
 
-    python -m wiremark.servers.echo --transport grpc|http [--port 0] [--grpc-mode threads|aio]
+    python -m wiremark.servers.echo --wire grpc-h2|http1.1 [--port 0] [--grpc-mode threads|aio]
 """
 
 from __future__ import annotations
@@ -28,16 +28,20 @@ from fastapi import FastAPI, Request
 from grpc_health.v1 import health_pb2
 from starlette.responses import Response
 
-from wiremark.payloads.contract import DEFAULT_MAX_BODY_BYTES
+from wiremark.payloads.contract import (
+    DEFAULT_MAX_BODY_BYTES,
+    GRPC_ECHO_METHOD,
+    GRPC_ECHO_SERVICE,
+    HTTP_ECHO_PATH,
+)
+from wiremark.payloads.transport import WIRE_GRPC, WIRE_HTTP1, WIRES
 
 from .grpc_server import GRPC_MODES, bind_insecure, new_server
-from .serve import bind_socket, uvicorn_config
+from .http_server import uvicorn_config
+from .serve import bind_socket
 
 log = logging.getLogger("wiremark.echo")
 
-GRPC_ECHO_SERVICE = "wiremark.v1.Echo"
-GRPC_ECHO_PATH = f"/{GRPC_ECHO_SERVICE}/Echo"
-HTTP_ECHO_PATH = "/echo"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
@@ -55,14 +59,14 @@ def _grpc_server(mode: str) -> tuple[Any, Any]:
             return data
 
     handler = grpc.unary_unary_rpc_method_handler(echo)
-    generic = grpc.method_handlers_generic_handler(GRPC_ECHO_SERVICE, {"Echo": handler})
+    generic = grpc.method_handlers_generic_handler(GRPC_ECHO_SERVICE, {GRPC_ECHO_METHOD: handler})
     server.add_generic_rpc_handlers((generic,))
     return server, servicer
 
 
 def _bind(server: Any, host: str, port: int) -> int:
     bound = bind_insecure(server, host, port)
-    log.info("listening on %s:%d (echo grpc)", host, bound)
+    log.info("listening on %s:%d (echo %s)", host, bound, WIRE_GRPC)
     return bound
 
 
@@ -111,7 +115,7 @@ def run_http(host: str, port: int) -> None:
 
     sock = bind_socket(host, port, reuse_port=False)
     sock.listen(2048)
-    log.info("listening on %s:%d (echo http)", host, sock.getsockname()[1])
+    log.info("listening on %s:%d (echo %s)", host, sock.getsockname()[1], WIRE_HTTP1)
     uvicorn.Server(uvicorn_config(create_http_app(), access_log=False, grace_s=1.0)).run(
         sockets=[sock]
     )
@@ -119,7 +123,7 @@ def run_http(host: str, port: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wiremark.servers.echo", description=__doc__)
-    parser.add_argument("--transport", choices=("grpc", "http"), required=True)
+    parser.add_argument("--wire", choices=WIRES, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--grpc-mode", choices=GRPC_MODES, default=GRPC_MODES[0])
@@ -127,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.transport == "http":
+    if args.wire == WIRE_HTTP1:
         run_http(args.host, args.port)
     elif args.grpc_mode == "aio":
         asyncio.run(run_grpc_aio(args.host, args.port))

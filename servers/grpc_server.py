@@ -19,16 +19,16 @@ import asyncio
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable
 from concurrent import futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from wiremark.payloads import grpc_codec
+from wiremark.payloads import transport as transports
 from wiremark.payloads import wiremark_pb2 as pb
 from wiremark.payloads.contract import (
     GRPC_METADATA_METHOD,
@@ -37,13 +37,15 @@ from wiremark.payloads.contract import (
     SERVER_TIMING,
     Batch,
     Family,
-    Prediction,
 )
 from wiremark.payloads.errors import InvalidInput, WiremarkError, grpc_status
-from wiremark.payloads.timing import Laps
 
+from .pipeline import Pipeline
 from .runner import Runner
 from .service import ModelService
+
+if TYPE_CHECKING:
+    from .serve import ServeOptions
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +94,22 @@ def bind_insecure(server: Any, host: str, port: int) -> int:
 
 
 class Handlers:
-    """decode / infer / encode for one request; shared by the asyncio and thread servers."""
+    """What the asyncio and thread servers share: each method's pipeline, metadata, and the
+    mapping of failures to gRPC status codes."""
 
-    def __init__(self, service: ModelService) -> None:
+    def __init__(self, service: ModelService, delay_s: float = 0.0) -> None:
         self.service = service
+        self.delay_s = delay_s
+        self.codec = transports.ProtobufCodec()
 
-    def decoder(self, family: Family) -> Callable[[bytes, Laps], tuple[Runner, Batch]]:
-        """`decode(data, laps) -> (runner, batch)` for one method's requests, with what every
-        request needs looked up once: under load each look-up runs with cold caches."""
+    def decoder(self, family: Family) -> Callable[[bytes], tuple[Runner, Batch]]:
+        """`decode(data) -> (runner, batch)` for one method's requests (the model's name
+        travels inside the message), with what every request needs looked up once."""
         request_type = grpc_codec.REQUEST_TYPES[family]
-        decode_batch = grpc_codec.DECODERS[family]
+        decode_batch = self.codec.decode_request
         service, runners = self.service, self.service.runners
 
-        def decode(data: bytes, laps: Laps) -> tuple[Runner, Batch]:
+        def decode(data: bytes) -> tuple[Runner, Batch]:
             request: Any = grpc_codec.parse(request_type, data)
             runner = runners.get(request.model) or service.runner(request.model)  # or raise
             if runner.family is not family:
@@ -112,23 +117,12 @@ class Handlers:
                 raise InvalidInput(
                     f"model {runner.name!r} is served by {method}, not this method", "model"
                 )
-            batch = decode_batch(request, service.max_batch(runner))
-            laps.lap("decode")
-            return runner, batch
+            return runner, decode_batch(family, request, service.max_batch(runner))
 
         return decode
 
-    @staticmethod
-    def infer(runner: Runner, batch: Batch, laps: Laps) -> Prediction:
-        prediction = runner.predict(batch)
-        laps.lap("infer")
-        return prediction
-
-    @staticmethod
-    def encode(prediction: Prediction, laps: Laps) -> bytes:
-        out = grpc_codec.encode_prediction(prediction).SerializeToString()
-        laps.lap("encode")
-        return out
+    def pipeline(self, family: Family) -> Pipeline:
+        return Pipeline(self.decoder(family), self.codec.encode_reply, self.delay_s)
 
     def metadata(self, data: bytes) -> bytes:
         request = grpc_codec.parse(pb.MetadataRequest, data)
@@ -148,29 +142,17 @@ def _metadata_fields(info: dict[str, object]) -> dict[str, object]:
 
 
 class AioInference:
-    def __init__(self, handlers: Handlers, delay_s: float) -> None:
+    def __init__(self, handlers: Handlers) -> None:
         self.h = handlers
-        self.delay_s = delay_s
 
     def method(self, family: Family) -> Callable[..., Any]:
-        h = self.h
-        decode = h.decoder(family)
+        run, failure = self.h.pipeline(family).run_async, self.h.failure
 
         async def call(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            laps = Laps()
             try:
-                runner, batch = decode(data, laps)
-                if self.delay_s:
-                    await asyncio.sleep(self.delay_s)
-                    laps.restart()
-                if runner.offload:
-                    loop = asyncio.get_running_loop()
-                    prediction = await loop.run_in_executor(None, h.infer, runner, batch, laps)
-                else:
-                    prediction = h.infer(runner, batch, laps)
-                out = h.encode(prediction, laps)
+                out, laps = await run(data)
             except Exception as exc:
-                await context.abort(*h.failure(exc))
+                await context.abort(*failure(exc))
             context.set_trailing_metadata(((SERVER_TIMING, laps.header()),))
             return out
 
@@ -185,24 +167,17 @@ class AioInference:
 
 
 class ThreadInference:
-    def __init__(self, handlers: Handlers, delay_s: float) -> None:
+    def __init__(self, handlers: Handlers) -> None:
         self.h = handlers
-        self.delay_s = delay_s
 
     def method(self, family: Family) -> Callable[..., Any]:
-        h = self.h
-        decode = h.decoder(family)
+        run, failure = self.h.pipeline(family).run, self.h.failure
 
         def call(data: bytes, context: grpc.ServicerContext) -> bytes:
-            laps = Laps()
             try:
-                runner, batch = decode(data, laps)
-                if self.delay_s:
-                    time.sleep(self.delay_s)
-                    laps.restart()
-                out = h.encode(h.infer(runner, batch, laps), laps)
+                out, laps = run(data)
             except Exception as exc:
-                context.abort(*h.failure(exc))
+                context.abort(*failure(exc))
             context.set_trailing_metadata(((SERVER_TIMING, laps.header()),))
             return out
 
@@ -262,11 +237,8 @@ class GrpcServer:
         self.server, self.health = new_server(
             self.mode, config.max_body_bytes, self.threads, config.compression
         )
-        impl: AioInference | ThreadInference
-        if self.mode == "aio":
-            impl = AioInference(Handlers(self.service), delay_s)
-        else:
-            impl = ThreadInference(Handlers(self.service), delay_s)
+        handlers = Handlers(self.service, delay_s)
+        impl = AioInference(handlers) if self.mode == "aio" else ThreadInference(handlers)
         self.server.add_generic_rpc_handlers((generic_handler(impl),))
         reflection.enable_server_reflection(REFLECTED, self.server)
 
@@ -329,3 +301,21 @@ class GrpcServer:
         log.info("shutting down: finishing in-flight requests (grace %.0f s)", grace_s)
         self.health.enter_graceful_shutdown()
         self.server.stop(grace_s).wait()
+
+
+def run(service: ModelService, options: ServeOptions, on_bound: Callable[[int], None]) -> None:
+    """The "grpcio" server kind: `wiremark serve` for every transport it serves."""
+    server = GrpcServer(service, options.host, options.port, options.grpc_mode)
+    if options.grpc_mode == "aio":
+        asyncio.run(server.run_aio(on_bound, options.grace_s))
+    else:
+        server.run_threads(on_bound, options.grace_s)
+
+
+def describe(options: ServeOptions) -> str:
+    """How this kind runs, in words, from the settings it runs with (recorded in results)."""
+    if options.grpc_mode == "aio":
+        flavour = "grpc.aio server (asyncio)"
+    else:
+        flavour = f"grpcio thread-pool server ({DEFAULT_THREADS} threads)"
+    return f"{flavour}, protobuf, pass-through serializers (parse and serialize timed)"

@@ -1,10 +1,12 @@
-"""The HTTP transports: one FastAPI app speaking JSON (orjson) and MessagePack (msgpack),
-chosen per request by Content-Type, on uvicorn with uvloop and httptools.
+"""The "fastapi" server kind: one FastAPI app on uvicorn (uvloop, httptools) speaking
+every transport registered with this kind (JSON with orjson and MessagePack with msgpack,
+built in), chosen per request by Content-Type; each route and codec runs the one pipeline
+of `servers/pipeline.py`.
 
 Routes follow TF Serving: `POST /v1/models/<model>:predict` with {"instances": [...]} ->
 {"predictions": [...]}, `GET /v1/models/<model>` for metadata, `GET /healthz` (200 SERVING
 once every model is loaded and warm, 503 before). Bodies are parsed by the codecs in
-`wiremark.payloads.rest`, not by pydantic on the request path; the pydantic schemas only
+`wiremark.payloads.transport`, not by pydantic on the request path; the pydantic schemas only
 document each model's request and response in the OpenAPI docs at /docs. Every prediction
 carries a `Server-Timing` header: decode, infer, encode.
 """
@@ -14,19 +16,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 
 from wiremark.payloads import rest, schemas
-from wiremark.payloads.contract import JSON, MODEL_FAMILIES, MSGPACK, MSGPACK_ALIASES, Family
+from wiremark.payloads import transport as transports
+from wiremark.payloads.contract import JSON, MODEL_FAMILIES, MSGPACK_ALIASES, Family
 from wiremark.payloads.errors import (
     MalformedBody,
     ServerFault,
@@ -36,10 +38,13 @@ from wiremark.payloads.errors import (
     WiremarkError,
     http_status,
 )
-from wiremark.payloads.timing import Laps
 
+from .pipeline import Pipeline
 from .runner import Runner
 from .service import ModelService
+
+if TYPE_CHECKING:
+    from .serve import ServeOptions
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +60,32 @@ RESPONSE_SCHEMAS = {
 }
 
 
+SERVER_KIND = "fastapi"
+
+
+def media_codecs() -> dict[str, transports.BodyCodec]:
+    """Media type -> codec, for every transport this server kind serves (MessagePack's
+    unregistered aliases too): an HTTP server speaks them all and answers in the request's."""
+    codecs: dict[str, transports.BodyCodec] = {}
+    for t in transports.served_by(SERVER_KIND):
+        codecs[t.media_type] = t.codec
+        if t.media_type in MSGPACK_ALIASES:
+            codecs.update(dict.fromkeys(MSGPACK_ALIASES, t.codec))
+    return codecs
+
+
+def unsupported(media: str) -> UnsupportedMediaType:
+    medias = dict.fromkeys(t.media_type for t in transports.served_by(SERVER_KIND))
+    return UnsupportedMediaType(
+        f"unsupported Content-Type {media!r}: use {' or '.join(medias)}", field="content-type"
+    )
+
+
 def error_response(exc: WiremarkError) -> Response:
     return Response(rest.dump_json(exc.to_dict()), status_code=http_status(exc), media_type=JSON)
 
 
-def body_headers(scope: dict[str, Any]) -> tuple[str, int | None, str]:
+def body_headers(scope: MutableMapping[str, Any]) -> tuple[str, int | None, str]:
     """(media type, declared length or None, content encoding) of a request, read from its
     raw ASGI headers (names arrive lower-cased) in one pass rather than three look-ups."""
     media, declared, encoding = JSON, None, "identity"
@@ -161,29 +187,36 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
     async def models() -> Response:
         return Response(rest.dump_json({"models": list(service.runners)}), media_type=JSON)
 
+    codecs = media_codecs()
+    runners = service.runners
+    medias = tuple(dict.fromkeys(codec.media_type for codec in codecs.values()))
+
     def add_predict_route(name: str, family: Family) -> None:
+        def decoder(codec: transports.BodyCodec) -> Callable[[bytes], tuple[Runner, Any]]:
+            def decode(body: bytes) -> tuple[Runner, Any]:
+                runner = runners.get(name) or service.runner(name)
+                return runner, codec.decode_request(family, body, service.max_batch(runner))
+
+            return decode
+
+        # one pipeline per media type this server speaks, chosen by the request's
+        pipelines = {
+            media: (Pipeline(decoder(codec), codec.encode_reply, delay_s), codec.media_type)
+            for media, codec in codecs.items()
+        }
+
         async def predict(request: Request) -> Response:
-            runner = service.runner(name)
+            service.runner(name)  # still loading: 503 before anything else
             media, declared, encoding = body_headers(request.scope)
             body = await read_body(request, limit, declared, encoding)
-            laps = Laps()  # the body's arrival is the network's time, not the server's
-            parsed = rest.parse_body(body, media)
-            batch = rest.decode_request(family, parsed, service.max_batch(runner))
-            laps.lap("decode")
-            if delay_s:
-                await asyncio.sleep(delay_s)
-                laps.restart()
-            prediction = await infer(runner, batch, laps)
-            if media in MSGPACK_ALIASES:
-                out_type = MSGPACK
-                content = rest.dump_msgpack(rest.to_plain(rest.encode_prediction(prediction)))
-            else:
-                out_type = JSON
-                content = rest.dump_json(rest.encode_prediction(prediction))
-            laps.lap("encode")
-            return Response(content, media_type=out_type, headers={"server-timing": laps.header()})
+            chosen = pipelines.get(media)
+            if chosen is None:
+                raise unsupported(media)
+            # the body's arrival is the network's time, not the server's: laps start here
+            content, laps = await chosen[0].run_async(body)
+            return Response(content, media_type=chosen[1], headers={"server-timing": laps.header()})
 
-        content = {m: {"schema": schemas.schema(REQUEST_SCHEMAS[family])} for m in (JSON, MSGPACK)}
+        content = {m: {"schema": schemas.schema(REQUEST_SCHEMAS[family])} for m in medias}
         app.add_api_route(
             f"/v1/models/{name}:predict",
             predict,
@@ -197,8 +230,7 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
                     "200": {
                         "description": "predictions, in the request's media type",
                         "content": {
-                            m: {"schema": schemas.schema(RESPONSE_SCHEMAS[family])}
-                            for m in (JSON, MSGPACK)
+                            m: {"schema": schemas.schema(RESPONSE_SCHEMAS[family])} for m in medias
                         },
                     },
                     **{
@@ -217,11 +249,6 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
                 },
             },
         )
-
-    async def infer(runner: Runner, batch: Any, laps: Laps) -> Any:
-        if runner.offload:
-            return await run_in_threadpool(_timed_predict, runner, batch, laps)
-        return _timed_predict(runner, batch, laps)
 
     @app.get("/v1/models/{model}", tags=["models"])
     async def metadata(model: str) -> Response:
@@ -254,7 +281,54 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
     return app
 
 
-def _timed_predict(runner: Runner, batch: Any, laps: Laps) -> Any:
-    prediction = runner.predict(batch)
-    laps.lap("infer")
-    return prediction
+def uvicorn_config(app: Any, access_log: bool, grace_s: float) -> Any:
+    """The uvicorn settings of every HTTP server here (the model server and the echo in
+    `wiremark overhead`): uvloop, httptools, no access log unless asked."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        loop="uvloop",
+        http="httptools",
+        access_log=access_log,
+        log_level="info" if access_log else "warning",
+        timeout_graceful_shutdown=int(grace_s),
+        lifespan="on",
+    )
+
+
+def run(service: ModelService, options: ServeOptions, on_bound: Callable[[int], None]) -> None:
+    """The "fastapi" server kind: `wiremark serve` for every transport it serves."""
+    import uvicorn
+
+    from .serve import bind_socket
+
+    class _GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process would
+        die by the signal; a completed graceful stop should exit 0, as the gRPC server does."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    sock = bind_socket(options.host, options.port, options.reuse_port)
+    sock.listen(2048)
+    on_bound(sock.getsockname()[1])
+    server: uvicorn.Server | None = None
+
+    def stop() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    config = uvicorn_config(
+        create_app(service, on_load_failure=stop), options.access_log, options.grace_s
+    )
+    server = _GracefulServer(config)
+    server.run(sockets=[sock])
+
+
+def describe(options: ServeOptions) -> str:
+    """How this kind runs, in words, from the settings it runs with (recorded in results)."""
+    medias = ", ".join(dict.fromkeys(c.media_type for c in media_codecs().values()))
+    log_text = "access log on" if options.access_log else "no access log"
+    return f"FastAPI on uvicorn (uvloop, httptools, {log_text}); bodies: {medias}"

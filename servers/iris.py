@@ -46,6 +46,7 @@ class IrisForest(Runner):
     input_spec = INPUT
     output_spec = OUTPUT
     runtime_package = "scikit-learn"
+    uses_tensorflow = False
 
     def __init__(self, device: str) -> None:
         super().__init__("cpu")  # scikit-learn runs on the CPU whatever --device says

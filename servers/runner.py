@@ -13,11 +13,18 @@ import importlib.metadata
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import ClassVar
 
-from wiremark.payloads.contract import DEFAULT_MAX_BATCH, Batch, Family, Prediction
+from wiremark.payloads import transport as transports
+from wiremark.payloads.contract import (
+    DEFAULT_MAX_BATCH,
+    MODEL_FAMILIES,
+    Batch,
+    Family,
+    Prediction,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,7 @@ class Runner(ABC):
     # checks and fast models meanwhile; fast ones run inline, which is cheaper on one core.
     offload: ClassVar[bool] = False
     max_batch: ClassVar[int] = DEFAULT_MAX_BATCH
+    uses_tensorflow: ClassVar[bool] = True  # a runner that does not needs no device set-up
 
     def __init__(self, device: str) -> None:
         self.device = device
@@ -126,12 +134,25 @@ REGISTRY: dict[str, Callable[[], type[Runner]]] = {
     "mnist": _mnist,
     "face": _face,
 }
-MODELS = tuple(REGISTRY)
+MODELS = tuple(REGISTRY)  # the models that ship with wiremark
+
+
+def register(name: str, family: Family, loader: Callable[[], type[Runner]]) -> None:
+    """Add a model (from a plugin: see `payloads/transport.py`): its wire family, which
+    clients look up, and the loader of its runner class, which servers build."""
+    MODEL_FAMILIES[name] = family
+    REGISTRY[name] = loader
+
+
+def models() -> tuple[str, ...]:
+    """Every registered model, plugins' included."""
+    transports.load_plugins()
+    return tuple(REGISTRY)
 
 
 def build(name: str, device: str) -> Runner:
-    if name not in REGISTRY:
-        raise KeyError(f"unknown model {name!r}: choose from {', '.join(MODELS)}")
+    if name not in models():
+        raise KeyError(f"unknown model {name!r}: choose from {', '.join(REGISTRY)}")
     start = time.perf_counter()
     runner = REGISTRY[name]()(device)
     warm_ms = runner.warmup()
@@ -143,3 +164,14 @@ def build(name: str, device: str) -> Runner:
         warm_ms,
     )
     return runner
+
+
+def build_all(names: Iterable[str], request: str = "cpu") -> tuple[dict[str, Runner], str]:
+    """Build `names` in this process on the device asked for (`--device`); TensorFlow is
+    configured (and imported) only when one of them needs it. (runners, device used)"""
+    from .device import CPU, configure
+
+    names = list(names)
+    needs_tf = any(REGISTRY[n]().uses_tensorflow for n in names if n in models())
+    device = configure(request) if needs_tf else CPU
+    return {n: build(n, device) for n in names}, device

@@ -10,18 +10,21 @@ connections between them), for gRPC and HTTP alike, each loading its own models.
 
 from __future__ import annotations
 
-import asyncio
+import importlib
 import logging
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from wiremark.payloads.contract import TRANSPORTS
+from wiremark.payloads import transport as transports
 
 from .service import ModelService, ServiceConfig
+
+OnBound = Callable[[int], None]
 
 log = logging.getLogger("wiremark.serve")
 
@@ -49,11 +52,47 @@ def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class ServerKind:
+    """One way of serving: `run(service, options, on_bound)` serves until stopped, and
+    `describe(options)` says in words how (bench records it). Imported on first use, so a
+    process loads only the server it runs."""
+
+    name: str
+    module: str  # holds `run` and `describe`
+
+    def _load(self) -> Any:
+        return importlib.import_module(self.module)
+
+    def run(self, service: ModelService, options: ServeOptions, on_bound: OnBound) -> None:
+        self._load().run(service, options, on_bound)
+
+    def describe(self, options: ServeOptions) -> str:
+        return str(self._load().describe(options))
+
+
+SERVER_KINDS: dict[str, ServerKind] = {}
+
+
+def register_server_kind(kind: ServerKind) -> ServerKind:
+    SERVER_KINDS[kind.name] = kind
+    return kind
+
+
+register_server_kind(ServerKind("grpcio", "wiremark.servers.grpc_server"))
+register_server_kind(ServerKind("fastapi", "wiremark.servers.http_server"))
+
+
+def server_kind(transport: str) -> ServerKind:
+    """The server kind of a registered transport (a ValueError naming the choices)."""
+    name = transports.get(transport).server
+    if name not in SERVER_KINDS:
+        raise ValueError(f"transport {transport!r}: no server kind {name!r} is registered")
+    return SERVER_KINDS[name]
+
+
 def serve(options: ServeOptions) -> int:
-    if options.transport not in TRANSPORTS:
-        raise ValueError(
-            f"unknown transport {options.transport!r}: choose from {', '.join(TRANSPORTS)}"
-        )
+    kind = server_kind(options.transport)
     if options.workers > 1:
         return supervise(options)
     service = ModelService(options.service)
@@ -64,73 +103,19 @@ def serve(options: ServeOptions) -> int:
 
     def on_bound(port: int) -> None:
         log.info(
-            "listening on %s:%d (%s%s), loading %s",
+            "listening on %s:%d (%s: %s), loading %s",
             options.host,
             port,
             options.transport,
-            f" {options.grpc_mode}" if options.transport == "grpc" else "",
+            kind.describe(options),
             ", ".join(options.service.models),
         )
 
-    if options.transport == "grpc":
-        from .grpc_server import GrpcServer
-
-        server = GrpcServer(service, options.host, options.port, options.grpc_mode)
-        if options.grpc_mode == "aio":
-            asyncio.run(server.run_aio(on_bound, options.grace_s))
-        else:
-            server.run_threads(on_bound, options.grace_s)
-    else:
-        run_http(service, options, on_bound)
+    kind.run(service, options, on_bound)
     if service.error is not None:
         raise service.error
     log.info("stopped")
     return 0
-
-
-def run_http(service: ModelService, options: ServeOptions, on_bound: object) -> None:
-    import uvicorn
-
-    class _GracefulServer(uvicorn.Server):
-        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process would
-        die by the signal; a completed graceful stop should exit 0, as the gRPC server does."""
-
-        def handle_exit(self, sig: int, frame: object) -> None:
-            super().handle_exit(sig, frame)  # type: ignore[arg-type]
-            self._captured_signals.clear()
-
-    from .http_server import create_app
-
-    sock = bind_socket(options.host, options.port, options.reuse_port)
-    sock.listen(2048)
-    on_bound(sock.getsockname()[1])  # type: ignore[operator]
-    server: uvicorn.Server | None = None
-
-    def stop() -> None:
-        if server is not None:
-            server.should_exit = True
-
-    config = uvicorn_config(
-        create_app(service, on_load_failure=stop), options.access_log, options.grace_s
-    )
-    server = _GracefulServer(config)
-    server.run(sockets=[sock])
-
-
-def uvicorn_config(app: Any, access_log: bool, grace_s: float) -> Any:
-    """The uvicorn settings of every HTTP server here (the model server and the echo in
-    `wiremark overhead`): uvloop, httptools, no access log unless asked."""
-    import uvicorn
-
-    return uvicorn.Config(
-        app,
-        loop="uvloop",
-        http="httptools",
-        access_log=access_log,
-        log_level="info" if access_log else "warning",
-        timeout_graceful_shutdown=int(grace_s),
-        lifespan="on",
-    )
 
 
 def worker_argv(options: ServeOptions, port: int) -> list[str]:

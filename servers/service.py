@@ -13,15 +13,14 @@ from dataclasses import dataclass, field
 from wiremark.payloads.contract import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
 from wiremark.payloads.errors import NotReady, UnknownModel
 
-from .device import configure
-from .runner import MODELS, Runner, build
+from .runner import Runner, build_all, models
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    models: tuple[str, ...] = MODELS
+    models: tuple[str, ...] = field(default_factory=models)
     device: str = "cpu"
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -51,10 +50,12 @@ class ModelService:
         if self.ready:
             return
         start = time.perf_counter()
-        self.device = configure(self.config.device)
         swapped = dict(self.config.serve_as)
+        built, self.device = build_all(
+            dict.fromkeys(swapped.get(n, n) for n in self.config.models), self.config.device
+        )
         for name in self.config.models:
-            self.runners[name] = build(swapped.get(name, name), self.device)
+            self.runners[name] = built[swapped.get(name, name)]
             if name in swapped:
                 log.warning("serving %s under the name %s (--serve-as)", swapped[name], name)
         self._ready.set()

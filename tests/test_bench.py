@@ -23,6 +23,7 @@ import pytest
 from wiremark.harness import scenario as scenarios
 from wiremark.harness.launch import ServerProcess
 from wiremark.reports import records
+from wiremark.servers import runner
 
 from .cli import wiremark
 from .conftest import TRANSPORTS, refused_address
@@ -218,7 +219,7 @@ def test_shipped_scenarios():
     quick = scenarios.load("quick")
     cells = list(quick.cells())
     assert {(c.model, c.transport) for c in cells} == {
-        (m, t) for m in scenarios.MODELS for t in TRANSPORTS
+        (m, t) for m in runner.MODELS for t in TRANSPORTS
     }
     assert {c.mode for c in cells} == {"closed", "open"}
     full = scenarios.load("full")

@@ -101,7 +101,7 @@ def test_grpc_asyncio_mode_serves_checks_health_and_stops(http_client):
         "grpc", ("--models", "iris", "--grpc-mode", "aio", "--inject-delay-ms", "800")
     )
     with server:
-        assert any("(grpc aio)" in line for line in server.log)
+        assert any("grpc.aio server" in line for line in server.log)
         client = connect(server.transport, server.address)
         answer = client.predict("iris", samples.iris_rows(3)[0])
         assert list(answer.prediction.class_ids) == [0, 0, 0]

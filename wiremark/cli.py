@@ -21,14 +21,15 @@ class UsageError(Exception):
 
 
 def _models(text: str) -> tuple[str, ...]:
-    from wiremark.servers.runner import MODELS
+    from wiremark.servers.runner import models
 
+    known = models()
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in MODELS]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown model(s) {', '.join(unknown) or '(none given)'}: "
-            f"choose from {', '.join(MODELS)}"
+            f"choose from {', '.join(known)}"
         )
     return names
 
@@ -52,17 +53,19 @@ def _positive(text: str) -> int:
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
+    from wiremark.payloads import transport as transports
     from wiremark.payloads.contract import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
-    from wiremark.servers.runner import MODELS
-    from wiremark.servers.serve import TRANSPORTS
+    from wiremark.servers.runner import models
+
+    shipped = models()
 
     p = sub.add_parser("serve", help="run one model server (gRPC, JSON or MessagePack)")
-    p.add_argument("--transport", choices=TRANSPORTS, required=True)
+    p.add_argument("--transport", choices=transports.names(), required=True)
     p.add_argument(
         "--models",
         type=_models,
-        default=MODELS,
-        help=f"comma-separated (default: {','.join(MODELS)})",
+        default=shipped,
+        help=f"comma-separated (default: {','.join(shipped)})",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument(
@@ -136,29 +139,47 @@ def run_serve(args: argparse.Namespace) -> int:
     return serve(options)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Each command's module adds its own parser. Only the chosen command's module is imported,
+# so `wiremark serve` (the process being measured) loads nothing of the harness or reports.
+COMMANDS = {
+    "serve": "wiremark.cli",
+    "bench": "wiremark.harness.bench",
+    "conform": "wiremark.harness.conformance",
+    "report": "wiremark.reports.report",
+    "gate": "wiremark.reports.gate",
+    "calibrate": "wiremark.harness.calibrate",
+    "overhead": "wiremark.harness.overhead",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    add_serve(sub)
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser for `argv`: every command's full parser for help or a mistyped command,
+    else the chosen one's, with the others named only."""
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="wiremark", description="What does the transport cost when you serve a model?"
     )
     parser.add_argument("--version", action="version", version=f"wiremark {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_serve(sub)
-    from wiremark.harness import bench, calibrate, conformance, overhead
-    from wiremark.reports import gate, report
-
-    bench.add_parser(sub)
-    conformance.add_parser(sub)
-    report.add_parser(sub)
-    gate.add_parser(sub)
-    calibrate.add_parser(sub)
-    overhead.add_parser(sub)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, module in COMMANDS.items():
+        if chosen in COMMANDS and name != chosen:
+            sub.add_parser(name)  # named, so argparse lists it; never parsed here
+        else:
+            importlib.import_module(module).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

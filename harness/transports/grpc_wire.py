@@ -1,0 +1,182 @@
+"""The gRPC wire (HTTP/2): grpcio clients and users, grpc.health.v1, h2load.
+
+Calls go through generic unary-unary methods with bytes in and bytes out, so the codec's
+encode and decode stay visible to the caller's clock. The Locust user runs grpcio patched
+for gevent (`grpc.experimental.gevent.init_gevent()`, before any channel exists), one
+channel per user, ready before timing.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from wiremark.payloads import errors
+from wiremark.payloads import wiremark_pb2 as pb
+from wiremark.payloads.contract import (
+    GRPC_ECHO_PATH,
+    GRPC_METADATA_METHOD,
+    GRPC_METHODS,
+    MODEL_FAMILIES,
+    SERVER_TIMING,
+    Family,
+    grpc_path,
+)
+from wiremark.payloads.timing import parse_server_timing
+from wiremark.payloads.transport import WIRE_GRPC, Transport
+
+from .base import CONNECT_TIMEOUT, Client, Driver, ToolSample
+
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
+
+
+class GrpcClient(Client):
+    def __init__(self, transport: Transport, address: str, timeout: float = 30.0) -> None:
+        super().__init__(transport, address, timeout)
+        wait = min(timeout, CONNECT_TIMEOUT)
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=wait)
+        except grpc.FutureTimeoutError:
+            self.channel.close()
+            raise errors.Unreachable(
+                f"no gRPC server answered at {address} within {wait:g} s"
+            ) from None
+        self._calls = {m: self.channel.unary_unary(grpc_path(m)) for m in GRPC_METHODS.values()}
+        self._metadata = self.channel.unary_unary(grpc_path(GRPC_METADATA_METHOD))
+
+    def exchange(self, model: str, family: Family, body: bytes) -> tuple[bytes, dict[str, float]]:
+        try:
+            reply, call = self._calls[GRPC_METHODS[family]].with_call(body, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise errors.from_grpc(exc.code(), exc.details()) from None
+        timing = dict(call.trailing_metadata() or ()).get(SERVER_TIMING)
+        return reply, parse_server_timing(timing)  # type: ignore[arg-type]
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        try:
+            reply = self._metadata(
+                pb.MetadataRequest(model=model).SerializeToString(), timeout=self.timeout
+            )
+        except grpc.RpcError as exc:
+            raise errors.from_grpc(exc.code(), exc.details()) from None
+        meta = pb.ModelMetadata.FromString(reply)
+        return {f.name: getattr(meta, f.name) for f in meta.DESCRIPTOR.fields} | {
+            "versions": dict(meta.versions)
+        }
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@functools.cache
+def _user_base() -> type[Any]:
+    import grpc.experimental.gevent as grpc_gevent
+
+    grpc_gevent.init_gevent()  # before any channel of this process exists
+    from ..users import TransportUser
+
+    class GrpcUser(TransportUser):
+        abstract = True
+
+        def on_start(self) -> None:
+            w = self.workload
+            compression = grpc.Compression.Gzip if w.compression == "gzip" else None
+            self.channel = grpc.insecure_channel(
+                self.address, options=CHANNEL_OPTIONS, compression=compression
+            )
+            grpc.channel_ready_future(self.channel).result(timeout=30)
+            family = MODEL_FAMILIES[w.model]
+            self.call = self.channel.unary_unary(grpc_path(GRPC_METHODS[family]))
+            self.body = self.codec.encode_request(family, w.model, w.batch, w.encoding)
+
+        def on_stop(self) -> None:
+            self.channel.close()
+
+        def send(self, sample: bool) -> tuple[bytes, str]:
+            try:
+                if not sample:
+                    return self.call(self.body, timeout=30), ""
+                reply, call = self.call.with_call(self.body, timeout=30)
+            except grpc.RpcError as exc:  # a readable error, as the HTTP users give
+                raise RuntimeError(f"gRPC {exc.code().name}: {exc.details()}") from None
+            return reply, str(dict(call.trailing_metadata() or ()).get(SERVER_TIMING, ""))
+
+    return GrpcUser
+
+
+class GrpcDriver(Driver):
+    wire = WIRE_GRPC
+    tool = "h2load"
+    tool_package = "nghttp2-client"
+    echo_path = GRPC_ECHO_PATH
+    settings = "grpcio patched for gevent, one channel per user, ready before timing"
+
+    def client(self, transport: Transport, address: str, timeout: float = 30.0) -> Client:
+        return GrpcClient(transport, address, timeout)
+
+    def user_base(self) -> type[Any]:
+        return _user_base()
+
+    def healthy(self, address: str) -> bool:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+            except grpc.RpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def predict_path(self, model: str, family: Family) -> str:
+        return grpc_path(GRPC_METHODS[family])
+
+    def send(self, address: str, path: str, body: bytes, media: str, timeout: float) -> bytes:
+        try:
+            with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+                return bytes(channel.unary_unary(path)(body, timeout=timeout))
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"gRPC {exc.code().name}: {exc.details()}") from None
+
+    def tool_file(self, body: bytes, media: str, tmp: Path, name: str) -> Path:
+        file = tmp / f"{name}.bin"  # h2load's body: the message with gRPC's 5-byte prefix
+        file.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
+        return file
+
+    def tool_argv(
+        self, url: str, file: Path, conns: int, duration: int, tmp: Path
+    ) -> tuple[list[str] | None, list[str]]:
+        (tmp / "h2load.log").unlink(missing_ok=True)  # h2load appends to its log
+        argv = ["h2load", "-t1", f"-c{conns}", "-m1", f"-D{duration}", "--warm-up-time=1"]
+        argv += ["--log-file", str(tmp / "h2load.log"), "-d", str(file)]
+        argv += ["-H", "content-type: application/grpc", "-H", "te: trailers", url]
+        return None, argv
+
+    def tool_sample(self, out: str, url: str, reply_len: int, tmp: Path) -> ToolSample:
+        rps = re.search(r"^finished in \S+, ([\d.]+) req/s", out, re.M)
+        counts = re.search(
+            r"^requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+            r"(\d+) errored, (\d+) timeout",
+            out,
+            re.M,
+        )
+        data = re.search(r"^traffic: .*\((\d+)\) data", out, re.M)
+        if rps is None or counts is None or data is None:
+            raise RuntimeError(f"h2load printed no summary for {url}:\n{out}")
+        done, succeeded, failed, errored, timeouts = (int(g) for g in counts.groups())
+        if failed or errored or timeouts or not succeeded or succeeded < done:
+            raise RuntimeError(f"h2load {url}: {out[out.index('requests:') :][:300]}")
+        # Every good reply carries a 5-byte-prefixed message; an error is trailers only.
+        if int(data.group(1)) < 0.98 * done * (5 + reply_len):
+            raise RuntimeError(f"h2load {url}: replies without data (gRPC errors?)")
+        rows = [line.split("\t") for line in (tmp / "h2load.log").read_text().splitlines()]
+        if any(row[1] != "200" for row in rows):
+            raise RuntimeError(f"h2load {url}: non-200 statuses in its log")
+        p50_ms = statistics.median(int(row[2]) for row in rows) / 1000.0
+        return ToolSample(float(rps.group(1)), p50_ms, done)

@@ -1,0 +1,181 @@
+"""The REST wire (HTTP/1.1): httpx clients, lean keep-alive users, GET /healthz, wrk.
+
+The client for conformance and metadata is one pooled keep-alive httpx client. The Locust
+user is one keep-alive connection with a prepared request, replies parsed by httptools
+(`harness/http1.py`): Host, Content-Type and Content-Length only (with gzip,
+Content-Encoding and Accept-Encoding too).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from wiremark.payloads import errors
+from wiremark.payloads.contract import HTTP_ECHO_PATH, Family, metadata_path, predict_path
+from wiremark.payloads.timing import parse_server_timing
+from wiremark.payloads.transport import WIRE_HTTP1, Transport
+
+from .base import CONNECT_TIMEOUT, Client, Driver, ToolSample
+
+
+class HttpClient(Client):
+    def __init__(self, transport: Transport, address: str, timeout: float = 30.0) -> None:
+        super().__init__(transport, address, timeout)
+        self.media = transport.media_type
+        self.http = httpx.Client(
+            base_url=f"http://{address}",
+            timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+            trust_env=False,
+        )
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise errors.DeadlineExceeded(
+                f"no answer from {self.address} in {self.timeout} s"
+            ) from None
+        except httpx.TransportError as exc:
+            raise errors.Unreachable(f"{self.address}: {exc}") from None
+        if response.status_code != 200:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise errors.from_http(response.status_code, body)
+        return response
+
+    def exchange(self, model: str, family: Family, body: bytes) -> tuple[bytes, dict[str, float]]:
+        response = self._send(
+            "POST", predict_path(model), content=body, headers={"content-type": self.media}
+        )
+        media = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != self.media:
+            raise errors.MalformedBody(
+                f"reply in {media or 'no media type'}, not {self.media}", "content-type"
+            )
+        return response.content, parse_server_timing(response.headers.get("server-timing"))
+
+    def metadata(self, model: str) -> dict[str, Any]:
+        return self._send("GET", metadata_path(model)).json()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@functools.cache
+def _user_base() -> type[Any]:
+    from ..http1 import Connection, prepare
+    from ..users import TransportUser
+
+    class RestUser(TransportUser):
+        abstract = True
+
+        def on_start(self) -> None:
+            w = self.workload
+            host, port = self.address.rsplit(":", 1)
+            self.http = Connection(host, int(port), timeout=30)
+            family = self.family
+            body = self.codec.encode_request(family, w.model, w.batch, w.encoding)
+            headers = {"Content-Type": self.codec.media_type}
+            if w.compression == "gzip":
+                body = gzip.compress(body, compresslevel=6)
+                headers |= {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}
+            self.request_bytes = prepare(
+                "POST", host, int(port), predict_path(w.model), headers, body
+            )
+
+        def on_stop(self) -> None:
+            self.http.close()
+
+        def send(self, sample: bool) -> tuple[bytes, str]:
+            reply = self.http.exchange(self.request_bytes)
+            if reply.status != 200:
+                raise RuntimeError(f"HTTP {reply.status}: {reply.body[:200]!r}")
+            if not sample:
+                return reply.body, ""
+            data = reply.body
+            if reply.header("content-encoding") == "gzip":
+                data = gzip.decompress(data)
+            return data, reply.header("server-timing") or ""
+
+    return RestUser
+
+
+def _lua(body: bytes, content_type: str) -> str:
+    escaped = "".join(f"\\{b:03d}" for b in body)  # Lua decimal escapes: any bytes
+    return f"""wrk.method = "POST"
+wrk.body = "{escaped}"
+wrk.headers["Content-Type"] = "{content_type}"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WIREMARK %d %d %d %d %.1f\\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50)))
+end
+"""
+
+
+class HttpDriver(Driver):
+    wire = WIRE_HTTP1
+    tool = "wrk"
+    tool_package = "wrk"
+    echo_path = HTTP_ECHO_PATH
+    settings = "one keep-alive HTTP/1.1 connection per user, prepared request, httptools parser"
+
+    def client(self, transport: Transport, address: str, timeout: float = 30.0) -> Client:
+        return HttpClient(transport, address, timeout)
+
+    def user_base(self) -> type[Any]:
+        return _user_base()
+
+    def healthy(self, address: str) -> bool:
+        try:
+            return httpx.get(f"http://{address}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def predict_path(self, model: str, family: Family) -> str:
+        return predict_path(model)
+
+    def send(self, address: str, path: str, body: bytes, media: str, timeout: float) -> bytes:
+        try:
+            response = httpx.post(
+                f"http://{address}{path}",
+                content=body,
+                headers={"content-type": media},
+                timeout=timeout,
+                trust_env=False,
+            )
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"{address}{path}: {exc}") from None
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code} {response.text[:200]}")
+        return response.content
+
+    def tool_file(self, body: bytes, media: str, tmp: Path, name: str) -> Path:
+        file = tmp / f"{name}.lua"  # a wrk script that POSTs the body
+        file.write_text(_lua(body, media))
+        return file
+
+    def tool_argv(
+        self, url: str, file: Path, conns: int, duration: int, tmp: Path
+    ) -> tuple[list[str] | None, list[str]]:
+        argv = ["wrk", "-t1", f"-c{conns}", "-s", str(file), url]
+        return [*argv, "-d1s"], [*argv, f"-d{duration}s"]
+
+    def tool_sample(self, out: str, url: str, reply_len: int, tmp: Path) -> ToolSample:
+        match = re.search(r"^WIREMARK (\d+) (\d+) (\d+) (\d+) ([\d.]+)$", out, re.M)
+        if match is None:
+            raise RuntimeError(f"wrk printed no summary for {url}:\n{out}")
+        requests, duration_us, socket_errors, non_2xx = (int(g) for g in match.groups()[:4])
+        if socket_errors or non_2xx or not requests:
+            raise RuntimeError(
+                f"wrk {url}: {requests} requests, {non_2xx} non-2xx, {socket_errors} socket errors"
+            )
+        return ToolSample(requests / (duration_us / 1e6), float(match.group(5)) / 1000.0, requests)

@@ -1,0 +1,213 @@
+"""The transport registry: one frozen descriptor per transport, and nothing else decides what
+a transport is.
+
+A transport is a wire (gRPC over HTTP/2, or REST over HTTP/1.1), a body codec (what a batch
+becomes on that wire, and what a reply becomes again), and the server kind that serves it
+(`servers/`), driven from the load side by the driver of its wire (`harness/transports/`).
+Servers, clients, Locust users, the C-tool drivers, bench and the result files all look a
+transport up here; none of them tests a transport's name.
+
+    from wiremark.payloads import transport
+    grpc = transport.get("grpc")
+    body = grpc.codec.encode_request(family, "iris", rows, encoding)
+
+Adding one means a codec, a descriptor and `register(...)`: from this package, or from a
+plugin module named in `WIREMARK_PLUGINS` (comma-separated, imported on the first look-up
+in every process, so server and load-generator processes see it too) or installed under
+the `wiremark.plugins` entry-point group. A plugin may also register server kinds, load
+drivers and models (`servers.serve.register_server_kind`, `harness.transports.register`,
+`servers.runner.register`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from . import grpc_codec, rest
+from .contract import JSON, MSGPACK, Batch, Family, PixelEncoding, Prediction
+
+# The wires, as the result files name them (`reports/records.py` reads the same words).
+WIRE_GRPC = "grpc-h2"  # gRPC framing over HTTP/2
+WIRE_HTTP1 = "http1.1"  # REST over HTTP/1.1
+WIRES = (WIRE_GRPC, WIRE_HTTP1)
+
+PLUGINS_ENV = "WIREMARK_PLUGINS"
+ENTRY_POINTS = "wiremark.plugins"
+
+
+class UnknownTransport(ValueError):
+    pass
+
+
+class BodyCodec(Protocol):
+    """What a batch becomes on the wire and back, for both ends.
+
+    Client side: `encode_request` and `decode_reply`. Server side: `decode_request` (raises
+    `InvalidInput` and the rest of `payloads.errors`, naming the field) and `encode_reply`.
+    On gRPC the model's name travels inside the message, so its server-side decode is the
+    gRPC server's (per method); `decode_request` there takes the parsed message."""
+
+    @property
+    def media_type(self) -> str: ...
+
+    def encode_request(
+        self, family: Family, model: str, batch: Batch, encoding: PixelEncoding
+    ) -> bytes: ...
+
+    def decode_reply(self, family: Family, body: bytes) -> Prediction: ...
+
+    def decode_request(self, family: Family, body: Any, max_batch: int) -> Batch: ...
+
+    def encode_reply(self, prediction: Prediction) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class ProtobufCodec:
+    """wiremark.v1 protobuf messages (`payloads/wiremark.proto`)."""
+
+    media_type: str = "application/grpc"
+
+    def encode_request(
+        self, family: Family, model: str, batch: Batch, encoding: PixelEncoding
+    ) -> bytes:
+        return grpc_codec.encode_request(family, model, batch, encoding).SerializeToString()
+
+    def decode_reply(self, family: Family, body: bytes) -> Prediction:
+        return grpc_codec.decode_prediction(family, body)
+
+    def decode_request(self, family: Family, body: Any, max_batch: int) -> Batch:
+        return grpc_codec.DECODERS[family](body, max_batch)
+
+    def encode_reply(self, prediction: Prediction) -> bytes:
+        return grpc_codec.encode_prediction(prediction).SerializeToString()
+
+
+@dataclass(frozen=True)
+class JsonCodec:
+    """TF Serving's REST bodies as JSON (orjson); binary values as {"b64": ...}."""
+
+    media_type: str = JSON
+
+    def encode_request(
+        self, family: Family, model: str, batch: Batch, encoding: PixelEncoding
+    ) -> bytes:
+        return rest.dump_json(rest.encode_request(family, batch, binary=False, encoding=encoding))
+
+    def decode_reply(self, family: Family, body: bytes) -> Prediction:
+        return rest.decode_prediction(family, rest.parse_body(body, JSON))
+
+    def decode_request(self, family: Family, body: Any, max_batch: int) -> Batch:
+        return rest.decode_request(family, rest.parse_body(body, JSON), max_batch)
+
+    def encode_reply(self, prediction: Prediction) -> bytes:
+        return rest.dump_json(rest.encode_prediction(prediction))
+
+
+@dataclass(frozen=True)
+class MsgpackCodec:
+    """The same REST bodies as MessagePack: binary values as `bin`, float32 kept."""
+
+    media_type: str = MSGPACK
+
+    def encode_request(
+        self, family: Family, model: str, batch: Batch, encoding: PixelEncoding
+    ) -> bytes:
+        return rest.dump_msgpack(rest.encode_request(family, batch, binary=True, encoding=encoding))
+
+    def decode_reply(self, family: Family, body: bytes) -> Prediction:
+        return rest.decode_prediction(family, rest.parse_body(body, MSGPACK))
+
+    def decode_request(self, family: Family, body: Any, max_batch: int) -> Batch:
+        return rest.decode_request(family, rest.parse_body(body, MSGPACK), max_batch)
+
+    def encode_reply(self, prediction: Prediction) -> bytes:
+        return rest.dump_msgpack(rest.to_plain(rest.encode_prediction(prediction)))
+
+
+@dataclass(frozen=True)
+class Transport:
+    name: str  # as scenarios, --transport and result files spell it
+    label: str  # as the report writes it
+    short_label: str  # where space is short: table headers, plot ticks
+    wire: str  # one of WIRES: which load driver and which C tool speak it
+    codec: BodyCodec
+    server: str  # the server kind that serves it (`servers.serve.SERVER_KINDS`)
+    api: str = "wiremark"  # whose API the bodies follow
+
+    @property
+    def media_type(self) -> str:
+        return self.codec.media_type
+
+    def describe(self) -> dict[str, str]:
+        """What the result file records of the transport (the report reads labels and order
+        from there, not from this package)."""
+        return {
+            "name": self.name,
+            "label": self.label,
+            "short_label": self.short_label,
+            "wire": self.wire,
+            "server": self.server,
+            "api": self.api,
+            "media_type": self.media_type,
+        }
+
+
+TRANSPORTS: dict[str, Transport] = {}
+
+
+def register(transport: Transport) -> Transport:
+    if transport.wire not in WIRES:
+        raise ValueError(f"transport {transport.name!r}: unknown wire {transport.wire!r}")
+    TRANSPORTS[transport.name] = transport
+    return transport
+
+
+register(Transport("grpc", "gRPC", "gRPC", WIRE_GRPC, ProtobufCodec(), "grpcio"))
+register(Transport("json", "JSON", "JSON", WIRE_HTTP1, JsonCodec(), "fastapi"))
+register(Transport("msgpack", "MessagePack", "MsgPack", WIRE_HTTP1, MsgpackCodec(), "fastapi"))
+
+
+_plugins_lock = threading.Lock()
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the plugin modules (`WIREMARK_PLUGINS`, entry points) once per process."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    with _plugins_lock:
+        if _plugins_loaded:
+            return
+        _plugins_loaded = True
+        for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+            importlib.import_module(name)
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+            entry.load()
+
+
+def names() -> tuple[str, ...]:
+    """Every registered transport, in registration order (the report's order too)."""
+    load_plugins()
+    return tuple(TRANSPORTS)
+
+
+def get(name: str) -> Transport:
+    load_plugins()
+    try:
+        return TRANSPORTS[name]
+    except KeyError:
+        raise UnknownTransport(
+            f"unknown transport {name!r}: choose from {', '.join(TRANSPORTS)}"
+        ) from None
+
+
+def served_by(server: str) -> list[Transport]:
+    """The transports one server kind serves (an HTTP server picks the codec by media type)."""
+    load_plugins()
+    return [t for t in TRANSPORTS.values() if t.server == server]

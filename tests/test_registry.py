@@ -1,0 +1,89 @@
+"""A transport is one registered unit: the shipped ones are complete, an incomplete one is
+caught, and a transport plus a model registered from the test suite alone run through
+`serve`, `conform` and a `bench` cell with no module of the package edited."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from wiremark.harness import transports as drivers
+from wiremark.payloads import transport as registry
+from wiremark.payloads.transport import WIRE_HTTP1, JsonCodec, Transport
+from wiremark.reports import records
+
+from .cli import wiremark
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN = "tests.plugins.plugin_json"
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_every_registered_transport_is_complete(name):
+    assert drivers.incomplete(registry.get(name)) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "lacks"),
+    [
+        ({"codec": object()}, "no body codec"),
+        ({"server": "no-such-kind"}, "no server kind"),
+        ({"label": ""}, "no label"),
+    ],
+)
+def test_an_incomplete_transport_is_caught(change, lacks):
+    broken = dataclasses.replace(registry.get("json"), name="broken", **change)
+    problems = drivers.incomplete(broken)
+    assert len(problems) == 1 and problems[0].startswith(lacks), problems
+
+
+def test_a_wire_without_a_driver_is_refused_or_caught():
+    with pytest.raises(ValueError, match="unknown wire"):
+        registry.register(Transport("x", "X", "X", "carrier-pigeon", JsonCodec(), "fastapi"))
+    lone = Transport("x", "X", "X", WIRE_HTTP1, JsonCodec(), "fastapi")
+    saved = drivers.DRIVERS.pop(WIRE_HTTP1)
+    try:
+        assert drivers.incomplete(lone) == ["no load driver for the wire 'http1.1'"]
+    finally:
+        drivers.DRIVERS[WIRE_HTTP1] = saved
+
+
+def plugin_env() -> dict[str, str]:
+    path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+    return {**os.environ, registry.PLUGINS_ENV: PLUGIN, "PYTHONPATH": path}
+
+
+def test_a_plugin_transport_conforms_and_benches(tmp_path):
+    env = plugin_env()
+    done = wiremark("conform", "--json", "--models", "fake_iris", env=env, cwd=ROOT, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cells = json.loads(done.stdout)["cells"]
+    # every registered transport, the plugin's among them, each serving the plugin's model
+    assert {c["transport"] for c in cells} == {"grpc", "json", "msgpack", "plugin-json"}
+    assert all(c["passed"] and c["inputs"] == 150 for c in cells), cells
+
+    scenario = tmp_path / "plugin.toml"
+    scenario.write_text(
+        "[scenario]\n"
+        'name = "plugin"\nmodels = ["fake_iris"]\ntransports = ["plugin-json"]\n'
+        "concurrency = [2]\nrate = []\nduration_s = 1\nmax_duration_s = 5\nwarmup_s = 0.5\n"
+        "min_requests = 20\nwire_requests = 5\nsample = 5\n"
+    )
+    out = tmp_path / "run"
+    done = wiremark(
+        "bench", "--scenario", scenario, "--out", out, "--no-report", env=env, cwd=ROOT, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = records.load(out)
+    (cell,) = run.cells
+    assert cell["transport"] == "plugin-json" and cell["model"] == "fake_iris"
+    assert cell["valid"], cell["invalid_reasons"]
+    assert cell["sampled"] == 5 and cell["sample_mismatches"] == 0
+    assert cell["wire_up_bytes"] > cell["request_bytes"]  # headers and all
+    (described,) = run.meta["transports"]
+    assert described["label"] == "Plugin JSON" and described["wire"] == WIRE_HTTP1
+    assert "FastAPI on uvicorn" in run.meta["settings"]["plugin-json"]
