@@ -428,6 +428,7 @@ def record(
         "client_encode_ms": round(reference.client_encode_ms[spec.transport], 4),
         "client_decode_ms": None if decode_ms is None else round(decode_ms, 4),
         "inprocess_ms": round(reference.inprocess_ms, 4),
+        "transport_tax_ms": records.transport_tax(pct["p50"], reference.inprocess_ms),
         "processes": processes,
         "client_bound": share >= CLIENT_BOUND,
         "scaling": "",

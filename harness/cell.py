@@ -49,9 +49,10 @@ from typing import Any
 
 import numpy as np
 
+from wiremark.reports.records import PERCENTILES
+
 from .steal import CLOCK_TICKS, steal_ticks
 
-PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p999": 99.9}
 CLIENT_BOUND = 0.9  # the cell's CPU per core it has, above which the client is the bottleneck
 
 
@@ -66,7 +67,7 @@ def batch_for(model: str, size: int) -> Any:
 def percentiles(latencies_ms: Any) -> dict[str, float | None]:
     values = np.asarray(latencies_ms, dtype=np.float64)
     out: dict[str, float | None] = {}
-    for key, q in PERCENTILES.items():
+    for key, q, _ in PERCENTILES:
         out[key] = round(float(np.percentile(values, q)), 4) if values.size else None
     out["max"] = round(float(values.max()), 4) if values.size else None
     out["mean"] = round(float(values.mean()), 4) if values.size else None

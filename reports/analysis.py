@@ -1,31 +1,35 @@
-"""Result records -> pandas frames -> the findings of the report, in plain words.
+"""Result records -> pandas frames -> the findings of the report, as data.
 
 Everything here reads `records.Run` objects only (never a live server) and tolerates the
-gaps real runs have: one trial, some models only, no open loop, fields left None.
+gaps real runs have: one trial, some models only, no open loop, fields left None. What it
+returns is numbers, keys and flags (dataclasses and frames); `wording` makes the sentences
+of the report from them.
+
+Transports are what the result files say they are (`records.Run.transports`): their
+labels, their order and their wires, combined across the runs shown (`Transports`). The
+"7-10x" claim compares the transports on `records.WIRE_GRPC` with those on
+`records.WIRE_HTTP1`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from wiremark.reports import records
+from wiremark.reports import gate, records
 
-TRANSPORT_ORDER = ("grpc", "json", "msgpack")
-TRANSPORT_NAMES = {"grpc": "gRPC", "json": "JSON", "msgpack": "MessagePack"}
-SHORT_NAMES = {"msgpack": "MsgPack"}  # where space is short: table headers, plot ticks
-REST = ("json", "msgpack")
 WITHIN = 0.05  # a difference under 5% is "within X%", not "faster"
+CLAIM_FACTOR = 7.0  # the tutorials' "7-10x": the claim holds where gRPC is this much faster
 FEW_REQUESTS = 1000  # below this a p99.9 rests on no sample beyond it
 CI_LEVEL = 95
 BOOTSTRAP_SAMPLES = 4000
 BOOTSTRAP_SEED = 20261122
+PIXEL_MODELS = ("mnist",)  # the models whose payload has a pixel encoding
 
 NUMERIC_KEYS = ("concurrency", "rate", "batch")
 TEXT_KEYS = ("model", "transport", "mode", "arrival", "encoding", "compression")
@@ -39,21 +43,21 @@ _NOT_MEASURES = {
     "invalid_reasons",
 }
 MEASURES = tuple(f for f in records.CELL_FIELDS if f not in _NOT_MEASURES)
-PERCENTILES: tuple[tuple[str, str], ...] = (
-    ("p50_ms", "p50"),
-    ("p90_ms", "p90"),
-    ("p95_ms", "p95"),
-    ("p99_ms", "p99"),
-    ("p999_ms", "p99.9"),
-)
+
+# The claim's two sides, and what its figures measure.
+THROUGHPUT = "throughput"
+P50 = "p50"
+CLAIM_YES = "yes"  # gRPC is CLAIM_FACTOR times faster somewhere
+CLAIM_NO = "no"  # faster, by less than that
+CLAIM_NOT_FASTER = "not_faster"  # nowhere more than WITHIN faster
+CLAIM_UNMEASURED = "unmeasured"  # cells to compare, but no throughput or latency in them
+CLAIM_NO_CELLS = "no_cells"  # no cell with both sides at the same load
+
+Pair = tuple[str, str]  # (a gRPC-wire transport, an HTTP/1.1 transport)
 
 
 # ---------------------------------------------------------------------------------------
-# formatting
-
-
-def transport_name(transport: str) -> str:
-    return TRANSPORT_NAMES.get(transport, transport or "?")
+# values
 
 
 def is_num(value: Any) -> bool:
@@ -66,44 +70,8 @@ def is_num(value: Any) -> bool:
         return False
 
 
-def fmt_num(value: Any, unit: str = "") -> str:
-    """Three significant figures or so; a dash where there is no number."""
-    if not is_num(value):
-        return "—"
-    x = float(value)
-    ax = abs(x)
-    if ax >= 100:
-        text = f"{x:,.0f}"
-    elif ax >= 10:
-        text = f"{x:.1f}"
-    elif ax >= 1:
-        text = f"{x:.2f}"
-    elif ax == 0:
-        text = "0"
-    elif ax >= 0.001:
-        text = f"{x:.3f}"
-    else:
-        text = f"{x:.1e}"
-    return f"{text} {unit}".rstrip() if unit else text
-
-
-def fmt_int(value: Any) -> str:
-    return f"{float(value):,.0f}" if is_num(value) else "—"
-
-
-def fmt_ratio(value: Any) -> str:
-    if not is_num(value):
-        return "—"
-    x = float(value)
-    return f"{x:.1f}×" if x >= 10 else f"{x:.2f}×"
-
-
-def fmt_pct(value: Any) -> str:
-    return f"{float(value):+.1f}%" if is_num(value) else "—"
-
-
 def fmt_key(value: Any) -> str:
-    """A key value (concurrency, rate, batch) as written: 8, not 8.0."""
+    """A key value (concurrency, rate, batch) as written: 8, not 8.0; "" where missing."""
     if not is_num(value):
         return (
             "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
@@ -112,40 +80,114 @@ def fmt_key(value: Any) -> str:
     return f"{x:g}" if x != int(x) else str(int(x))
 
 
-def describe_variant(batch: Any, encoding: Any, compression: Any, model: Any = None) -> str:
-    """The payload variant in words: "batch 1" or, for MNIST, "batch 1, raw pixels"."""
-    parts = []
-    if is_num(batch):
-        parts.append(f"batch {fmt_key(batch)}")
-    if encoding and model in (None, "mnist"):  # only MNIST's pixels have an encoding
-        parts.append(f"{encoding} pixels")
-    if compression and compression != "none":
-        parts.append(f"{compression} compression")
-    return ", ".join(parts) or "default payload"
-
-
-def describe_load(row: Any) -> str:
-    """The load of a cell in words: "8 users" or "100 req/s constant, ≤4 in flight"."""
-    if row["mode"] == "open":
-        text = f"{fmt_key(row['rate']) or '?'}/s"
-        if row["arrival"]:
-            text += f" {row['arrival']}"
-        if is_num(row["concurrency"]):
-            text += f", ≤{fmt_key(row['concurrency'])} in flight"
-        return text
-    if is_num(row["concurrency"]):
-        users = fmt_key(row["concurrency"])
-        return f"{users} user" + ("" if users == "1" else "s")
-    return row["mode"] or "?"
-
-
-def compact(value: Any) -> str:
-    """A metadata value on one line: dicts and lists as compact JSON."""
-    if value is None:
-        return "—"
-    if isinstance(value, dict | list | tuple):
-        return json.dumps(value, default=str, separators=(", ", ": "))
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
     return str(value)
+
+
+def variant_key(batch: Any, encoding: Any, compression: Any, model: Any = None) -> str:
+    """The payload variant of a cell as one key, "BATCH|ENCODING|COMPRESSION": the batch as
+    written, the pixel encoding where the model has one, the compression unless "none"."""
+    parts = (
+        fmt_key(batch) if is_num(batch) else "",
+        _text(encoding) if encoding and (model is None or model in PIXEL_MODELS) else "",
+        _text(compression) if compression and compression != "none" else "",
+    )
+    return "|".join(parts)
+
+
+def variant_parts(key: str) -> tuple[str, str, str]:
+    """A `variant_key` taken apart: (batch, encoding, compression), "" where absent."""
+    parts = [*str(key).split("|"), "", "", ""][:3]
+    return parts[0], parts[1], parts[2]
+
+
+# ---------------------------------------------------------------------------------------
+# transports
+
+
+@dataclass(frozen=True)
+class TransportInfo:
+    """A transport as the report shows it."""
+
+    name: str
+    label: str
+    short_label: str
+    wire: str | None = None
+    described: bool = True  # False: in the cells, but in no file's "transports"
+
+
+class Transports:
+    """The transports of the runs shown, in display order: each run's "transports" in turn
+    (the first run's order first, what later runs add after it), then transports that only
+    the cells or the conformance entries name, in the order first seen, labelled by name."""
+
+    def __init__(self, items: Iterable[TransportInfo] = ()) -> None:
+        self.items = list(items)
+        self._index = {t.name: i for i, t in enumerate(self.items)}
+
+    @classmethod
+    def of_runs(cls, runs: Sequence[records.Run]) -> Transports:
+        found: dict[str, TransportInfo] = {}
+        for run in runs:
+            for d in run.transports:
+                name = str(d["name"])
+                if name not in found:
+                    label = str(d.get("label") or name)
+                    wire = d.get("wire")
+                    found[name] = TransportInfo(
+                        name,
+                        label,
+                        str(d.get("short_label") or label),
+                        str(wire) if wire else None,
+                    )
+        for run in runs:
+            named = [c.get("transport") for c in run.cells if isinstance(c, dict)]
+            named += [e.get("transport") for e in run.conformance if isinstance(e, dict)]
+            for value in named:
+                name = _text(value)
+                if name and name not in found:
+                    found[name] = TransportInfo(name, name, name, None, described=False)
+        return cls(found.values())
+
+    def __iter__(self) -> Iterator[TransportInfo]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.items]
+
+    def get(self, name: str) -> TransportInfo:
+        if name in self._index:
+            return self.items[self._index[name]]
+        return TransportInfo(name, name or "?", name or "?", None, described=False)
+
+    def label(self, name: str) -> str:
+        return self.get(name).label
+
+    def short_label(self, name: str) -> str:
+        return self.get(name).short_label
+
+    def rank(self, name: str) -> int:
+        """The position in display order (after every known one where not known)."""
+        return self._index.get(name, len(self.items))
+
+    def sort(self, names: Iterable[str]) -> list[str]:
+        return sorted(dict.fromkeys(names), key=self.rank)
+
+    def on_wire(self, wire: str) -> list[str]:
+        return [t.name for t in self.items if t.wire == wire]
+
+
+def transports(runs: Sequence[records.Run]) -> Transports:
+    return Transports.of_runs(runs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,18 +243,28 @@ def _reasons(value: Any) -> list[str]:
     return []
 
 
-def _text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value)
+def _variants(df: pd.DataFrame) -> pd.Series:
+    return pd.Series(
+        [
+            variant_key(b, e, c, m)
+            for b, e, c, m in zip(
+                df["batch"], df["encoding"], df["compression"], df["model"], strict=True
+            )
+        ],
+        index=df.index,
+        dtype=object,
+    )
 
 
 def cells_frame(runs: Sequence[records.Run]) -> pd.DataFrame:
     """Every cell of every run, one row per trial, with `run` and `run_index` columns.
 
     Numbers are floats (NaN where not measured), text keys are "" where None, `valid` is
-    False only where the file says so, `client_bound` True only where it says so.
+    False only where the file says so, `client_bound` True only where it says so;
+    `variant` is the payload's `variant_key`, `transport_order` the transport's place in
+    the runs' combined order (`Transports`).
     """
+    order = Transports.of_runs(runs)
     frames = []
     for index, (name, run) in enumerate(zip(run_names(runs), runs, strict=True)):
         if not run.cells:
@@ -238,29 +290,36 @@ def cells_frame(runs: Sequence[records.Run]) -> pd.DataFrame:
     df["invalid_reasons"] = pd.Series(
         [_reasons(v) for v in df["invalid_reasons"]], index=df.index, dtype=object
     )
-    df["variant"] = pd.Series(
-        [
-            describe_variant(b, e, c, m)
-            for b, e, c, m in zip(
-                df["batch"], df["encoding"], df["compression"], df["model"], strict=True
-            )
-        ],
-        index=df.index,
-        dtype=object,
+    df["variant"] = _variants(df)
+    df["transport_order"] = pd.Series(
+        [order.rank(t) for t in df["transport"]], index=df.index, dtype="int64"
     )
     return df
 
 
+def _ranks(df: pd.DataFrame) -> dict[str, int]:
+    """transport -> its place in display order, from a frame's `transport_order`."""
+    if df.empty or "transport_order" not in df:
+        return {}
+    pairs = df[["transport", "transport_order"]].drop_duplicates("transport")
+    return {
+        str(t): int(r) for t, r in zip(pairs["transport"], pairs["transport_order"], strict=True)
+    }
+
+
 def _order(df: pd.DataFrame) -> pd.DataFrame:
-    """Sort by run, model (as first seen), transport (gRPC, JSON, MessagePack), load."""
+    """Sort by run, model (as first seen), load, payload, transport (in display order)."""
     if df.empty:
         return df
     models = {m: i for i, m in enumerate(pd.unique(df["model"]))}
-    others = [t for t in pd.unique(df["transport"]) if t not in TRANSPORT_ORDER]
-    transports = {t: i for i, t in enumerate((*TRANSPORT_ORDER, *others))}
+    if "transport_order" in df:
+        ranks = df["transport_order"]
+    else:
+        first = {t: i for i, t in enumerate(pd.unique(df["transport"]))}
+        ranks = df["transport"].map(first)
     keyed = df.assign(
         _m=df["model"].map(models),
-        _t=df["transport"].map(transports),
+        _t=ranks,
         _mode=(df["mode"] != "closed").astype(int),
     )
     keyed = keyed.sort_values(
@@ -278,12 +337,13 @@ def medians(df: pd.DataFrame, valid_only: bool = False) -> pd.DataFrame:
     `valid` is True when every trial was, `client_bound` when any was, `rps_min` and
     `rps_max` the spread across trials.
     """
+    ranks = _ranks(df)
     if valid_only:
         df = df[df["valid"]]
     keys = ["run_index", "run", *records.CELL_KEY]
     columns = [*keys, *MEASURES, "trials", "rps_min", "rps_max", "valid", "client_bound"]
     if df.empty:
-        return pd.DataFrame(columns=[*columns, "variant"])
+        return pd.DataFrame(columns=[*columns, "variant", "transport_order"])
     grouped = df.groupby(keys, dropna=False, sort=False)
     out = grouped[list(MEASURES)].median()
     out["trials"] = grouped.size()
@@ -294,18 +354,18 @@ def medians(df: pd.DataFrame, valid_only: bool = False) -> pd.DataFrame:
     out["valid"] = grouped["valid"].all()
     out["client_bound"] = grouped["client_bound"].any()
     out = out.reset_index()
-    out["variant"] = [
-        describe_variant(b, e, c, m)
-        for b, e, c, m in zip(
-            out["batch"], out["encoding"], out["compression"], out["model"], strict=True
-        )
-    ]
+    out["variant"] = _variants(out)
+    out["transport_order"] = [ranks.get(str(t), len(ranks)) for t in out["transport"]]
     return _order(out)
 
 
-def key_id(row: Any) -> str:
-    """A cell key as one string (NaN-safe), to match cells across runs."""
-    return "|".join(fmt_key(row[k]) if k in NUMERIC_KEYS else str(row[k]) for k in records.CELL_KEY)
+def key_id(row: Mapping[str, Any] | pd.Series) -> str:
+    """A cell key as one string, to match cells across runs: numbers as written (8, not
+    8.0), missing values (None, NaN) as "". A frame row and a gate comparison's `key` of the
+    same cell give the same string."""
+    return "|".join(
+        fmt_key(row[k]) if k in NUMERIC_KEYS else _text(row[k]) for k in records.CELL_KEY
+    )
 
 
 def main_variant(df: pd.DataFrame, run_index: int, model: str) -> str | None:
@@ -322,10 +382,18 @@ def models_of(df: pd.DataFrame) -> list[str]:
 
 
 def transports_of(df: pd.DataFrame) -> list[str]:
-    present = [str(t) for t in pd.unique(df["transport"])] if not df.empty else []
-    return [t for t in TRANSPORT_ORDER if t in present] + [
-        t for t in present if t not in TRANSPORT_ORDER
-    ]
+    """The transports in a frame, in display order."""
+    if df.empty:
+        return []
+    ranks = _ranks(df)
+    present = [str(t) for t in pd.unique(df["transport"])]
+    return sorted(present, key=lambda t: ranks.get(t, len(ranks)))
+
+
+def _change(after: Any, before: Any) -> float:
+    if is_num(after) and is_num(before) and float(before) != 0:
+        return (float(after) - float(before)) / float(before) * 100
+    return math.nan
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,21 +433,50 @@ class Figures:
 
 
 @dataclass
+class Gap:
+    """The leading transport against one other, in the judged cell."""
+
+    transport: str  # the other one
+    rps_ratio: float  # the leader's throughput / this one's (means over trials)
+    ci: tuple[float, float] | None  # bootstrap CI_LEVEL% interval of rps_ratio; None: 1 trial
+    p99_ratio: float  # the leader's p99 / this one's
+    clear: bool  # rps_ratio >= 1 + WITHIN: the leader is faster, not "within"
+
+
+@dataclass
+class BaselineChange:
+    """One transport of the judged cell against the same cell of the baseline run."""
+
+    transport: str
+    rps_change_pct: float
+    p99_change_pct: float
+
+
+@dataclass
 class Verdict:
     run: str
     model: str
-    context: str  # "mnist, batch 1, raw encoding, concurrency 8"
-    text: str
-    figures: list[Figures] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    cell: tuple[str, float] | None = None  # (variant, concurrency) of the judged cell
-    against_baseline: str = ""  # the change against the baseline run, in words
+    variant: str | None = None  # the judged cell's `variant_key`; None: nothing to judge
+    concurrency: float | None = None
+    figures: list[Figures] = field(default_factory=list)  # the fastest first
+    gaps: list[Gap] = field(default_factory=list)  # the leader against each, largest first
+    baseline: str = ""  # the baseline run's name, where this run is compared with one
+    against_baseline: list[BaselineChange] | None = None  # None: not compared; []: no like cell
 
+    @property
+    def cell(self) -> tuple[str, float] | None:
+        """(variant, concurrency) of the judged cell."""
+        if self.variant is None or self.concurrency is None:
+            return None
+        return self.variant, self.concurrency
 
-def _ci_text(ci: tuple[float, float] | None) -> str:
-    if ci is None:
-        return "one trial, no interval"
-    return f"{CI_LEVEL}% CI {ci[0]:.2f}–{ci[1]:.2f}×"
+    @property
+    def leader(self) -> Figures | None:
+        return self.figures[0] if self.figures else None
+
+    @property
+    def trials(self) -> int:
+        return max((f.trials for f in self.figures), default=0)
 
 
 def _pick_cell(sub: pd.DataFrame) -> pd.DataFrame:
@@ -411,11 +508,9 @@ def verdict(
         & df["rps"].notna()
     ]
     if sub.empty:
-        return Verdict(run, model, model, "No valid closed-loop cell: nothing to judge.")
+        return Verdict(run, model)
     cell = _pick_cell(sub)
     first = cell.iloc[0]
-    context = f"{model}, {first['variant']}, concurrency {fmt_key(first['concurrency'])}"
-    key = (str(first["variant"]), float(first["concurrency"]))
     figures = []
     trials: dict[str, list[float]] = {}
     for transport in transports_of(cell):
@@ -433,53 +528,30 @@ def verdict(
         )
     figures.sort(key=lambda f: f.rps, reverse=True)
     best = figures[0]
-    name = transport_name(best.transport)
-    notes = []
-    bound = [transport_name(f.transport) for f in figures if f.client_bound]
-    if bound:
-        notes.append(
-            f"The load generator was the bottleneck for {', '.join(bound)}: "
-            "that throughput understates what the server can do."
-        )
-    if len(figures) == 1:
-        text = (
-            f"Only {name} was measured here: {fmt_num(best.rps)} req/s, "
-            f"p99 {fmt_num(best.p99_ms, 'ms')}."
-        )
-        return Verdict(run, model, context, text, figures, notes, key)
-    faster, close = [], []
+    gaps = []
     for other in reversed(figures[1:]):  # the largest gap first
         ratio = best.rps / other.rps if other.rps > 0 else math.nan
-        ci = ratio_ci(trials[best.transport], trials[other.transport], rng)
-        oname = transport_name(other.transport)
-        if is_num(ratio) and ratio >= 1 + WITHIN:
-            p99 = best.p99_ms / other.p99_ms if other.p99_ms > 0 else math.nan
-            clause = f"{fmt_ratio(ratio)} the requests of {oname} ({_ci_text(ci)})"
-            if is_num(p99):
-                clause += f" at {fmt_ratio(p99)} the p99"
-            if ci is not None and ci[0] <= 1.0:
-                clause += " — the interval includes 1×, so not a clear difference"
-            faster.append(clause)
-        else:
-            pct = max(1, math.ceil((ratio - 1) * 100)) if is_num(ratio) else 0
-            close.append(f"{oname} is within {pct}% of {name} ({_ci_text(ci)})")
-    if faster:
-        text = f"{name} serves " + " and ".join(faster)
-        if close:
-            text += "; " + "; ".join(close)
-    else:
-        text = (
-            f"No transport is clearly faster: {name} leads, but "
-            + "; ".join(close)
-            + " on throughput"
+        gaps.append(
+            Gap(
+                transport=other.transport,
+                rps_ratio=ratio,
+                ci=ratio_ci(trials[best.transport], trials[other.transport], rng),
+                p99_ratio=best.p99_ms / other.p99_ms if other.p99_ms > 0 else math.nan,
+                clear=is_num(ratio) and ratio >= 1 + WITHIN,
+            )
         )
-    n = max(f.trials for f in figures)
-    text += "." + (f" (Throughput: mean of {n} trials.)" if n > 1 else "")
-    return Verdict(run, model, context, text, figures, notes, key)
+    return Verdict(
+        run,
+        model,
+        variant=str(first["variant"]),
+        concurrency=float(first["concurrency"]),
+        figures=figures,
+        gaps=gaps,
+    )
 
 
-def _against_baseline(df: pd.DataFrame, v: Verdict, baseline: str) -> str | None:
-    """The judged cell's change against the same cell of the baseline run, in words."""
+def _against_baseline(df: pd.DataFrame, v: Verdict) -> list[BaselineChange] | None:
+    """The judged cell's change against the same cell of the baseline run."""
     if v.cell is None:
         return None
     variant, conc = v.cell
@@ -491,17 +563,19 @@ def _against_baseline(df: pd.DataFrame, v: Verdict, baseline: str) -> str | None
         & (df["variant"] == variant)
         & (df["concurrency"] == conc)
     ]
-    parts = []
+    out = []
     for f in v.figures:
         rows = base[base["transport"] == f.transport]
         if rows.empty:
             continue
-        rps = _change(f.rps, rows["rps"].mean())
-        p99 = _change(f.p99_ms, rows["p99_ms"].median())
-        parts.append(f"{transport_name(f.transport)} {fmt_pct(rps)} req/s, p99 {fmt_pct(p99)}")
-    if not parts:
-        return f"The baseline {baseline} has no valid cell like this one to compare with."
-    return f"Against the baseline {baseline}, same cell: " + "; ".join(parts) + "."
+        out.append(
+            BaselineChange(
+                f.transport,
+                _change(f.rps, rows["rps"].mean()),
+                _change(f.p99_ms, rows["p99_ms"].median()),
+            )
+        )
+    return out
 
 
 def verdicts(df: pd.DataFrame, runs: Sequence[str]) -> list[Verdict]:
@@ -512,13 +586,14 @@ def verdicts(df: pd.DataFrame, runs: Sequence[str]) -> list[Verdict]:
         for model in models_of(sub):
             v = verdict(df, index, run, model, rng)
             if index > 0:
-                v.against_baseline = _against_baseline(df, v, runs[0]) or ""
+                v.baseline = runs[0]
+                v.against_baseline = _against_baseline(df, v)
             out.append(v)
     return out
 
 
 # ---------------------------------------------------------------------------------------
-# "Is gRPC 7-10x faster than REST?"
+# "Is gRPC 7-10x faster than REST?": the WIRE_GRPC transports against the WIRE_HTTP1 ones
 
 
 @dataclass
@@ -527,20 +602,68 @@ class ClaimRow:
     model: str
     variant: str
     concurrency: float
-    request_bytes: dict[str, float]
-    rps_ratio: dict[str, float]  # gRPC / REST transport
-    p50_ratio: dict[str, float]  # gRPC / REST transport (below 1: gRPC answers sooner)
+    request_bytes: dict[str, float]  # per transport present
+    rps_ratio: dict[Pair, float]  # gRPC-wire / HTTP/1.1 transport
+    p50_ratio: dict[Pair, float]  # gRPC-wire / HTTP/1.1 (below 1: gRPC answers sooner)
     client_bound: bool
+
+
+@dataclass
+class ClaimBest:
+    """gRPC's largest advantage in the run."""
+
+    factor: float  # a throughput ratio, or the REST p50 / the gRPC p50
+    measure: str  # THROUGHPUT or P50
+    pair: Pair
+    model: str
+    variant: str
+    concurrency: float
+
+
+@dataclass
+class ClaimSpan:
+    """The range of one ratio over a model's cells."""
+
+    pair: Pair
+    measure: str  # THROUGHPUT (gRPC / REST req/s) or P50 (gRPC / REST p50)
+    low: float
+    high: float
+
+
+@dataclass
+class ModelSpans:
+    model: str
+    spans: list[ClaimSpan]
+
+
+@dataclass
+class Crossover:
+    """Where a gRPC-wire transport starts to beat the reference REST transport."""
+
+    pair: Pair
+    model: str
+    axis: str  # "concurrency" (users, one payload variant) or "payload" (gRPC body bytes)
+    points: list[tuple[float, float]]  # (x, throughput ratio), x ascending
+    start: float | None  # from this x on it beats at every larger x measured; None: nowhere
+    variant: str | None = None  # the concurrency axis: the payload variant
+    concurrency: float | None = None  # the payload axis: the concurrency
 
 
 @dataclass
 class Claim:
     run: str
-    answer: str
-    per_model: list[str]
-    rows: list[ClaimRow]
-    crossovers: list[str]
-    rest: list[str]  # the REST transports present
+    outcome: str  # CLAIM_YES, CLAIM_NO, CLAIM_NOT_FASTER, CLAIM_UNMEASURED, CLAIM_NO_CELLS
+    grpc: list[str]  # the WIRE_GRPC transports present, in display order
+    rest: list[str]  # the WIRE_HTTP1 transports present
+    rows: list[ClaimRow] = field(default_factory=list)
+    best: ClaimBest | None = None
+    per_model: list[ModelSpans] = field(default_factory=list)
+    crossovers: list[Crossover] = field(default_factory=list)
+    reference: str | None = None  # the REST transport the crossovers are measured against
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return [(g, r) for g in self.grpc for r in self.rest]
 
 
 def _crossover(points: list[tuple[float, float]]) -> float | None:
@@ -555,38 +678,29 @@ def _crossover(points: list[tuple[float, float]]) -> float | None:
     return start
 
 
-def _crossover_text(subject: str, what: str, points: list[tuple[float, float]], unit: str) -> str:
-    xs = sorted(x for x, _ in points)
-    span = f"{fmt_key(xs[0])}–{fmt_key(xs[-1])}{unit}" if len(xs) > 1 else ""
-    start = _crossover(points)
-    if start is None:
-        return f"{subject}: gRPC does not beat JSON at any {what} measured ({span})."
-    if start == xs[0]:
-        return f"{subject}: gRPC beats JSON at every {what} measured ({span})."
-    return f"{subject}: gRPC beats JSON from {what} {fmt_key(start)}{unit} up (measured {span})."
+def _ratio(a: Any, b: Any) -> float:
+    return float(a) / float(b) if is_num(a) and is_num(b) and float(b) > 0 else math.nan
 
 
-def claim(med: pd.DataFrame, run_index: int, run: str) -> Claim:
+def claim(med: pd.DataFrame, run_index: int, run: str, order: Transports) -> Claim:
     closed = med[
         (med["run_index"] == run_index)
         & (med["mode"] == "closed")
         & med["valid"]
         & med["rps"].notna()
     ]
-    rest = [t for t in REST if t in set(closed["transport"])]
+    present = set(closed["transport"])
+    grpc = [t for t in order.on_wire(records.WIRE_GRPC) if t in present]
+    rest = [t for t in order.on_wire(records.WIRE_HTTP1) if t in present]
+    pairs = [(g, r) for g in grpc for r in rest]
     rows: list[ClaimRow] = []
     for (model, variant, conc), group in closed.groupby(
         ["model", "variant", "concurrency"], dropna=False, sort=False
     ):
         by = {str(r["transport"]): r for _, r in group.iterrows()}
-        if "grpc" not in by or not any(t in by for t in rest):
+        here = [(g, r) for g, r in pairs if g in by and r in by]
+        if not here:
             continue
-        g = by["grpc"]
-        rps_ratio, p50_ratio = {}, {}
-        for t in rest:
-            if t in by:
-                rps_ratio[t] = g["rps"] / by[t]["rps"] if by[t]["rps"] > 0 else math.nan
-                p50_ratio[t] = g["p50_ms"] / by[t]["p50_ms"] if by[t]["p50_ms"] > 0 else math.nan
         rows.append(
             ClaimRow(
                 run=run,
@@ -594,107 +708,87 @@ def claim(med: pd.DataFrame, run_index: int, run: str) -> Claim:
                 variant=str(variant),
                 concurrency=float(conc),
                 request_bytes={t: float(r["request_bytes"]) for t, r in by.items()},
-                rps_ratio=rps_ratio,
-                p50_ratio=p50_ratio,
+                rps_ratio={(g, r): _ratio(by[g]["rps"], by[r]["rps"]) for g, r in here},
+                p50_ratio={(g, r): _ratio(by[g]["p50_ms"], by[r]["p50_ms"]) for g, r in here},
                 client_bound=bool(group["client_bound"].any()),
             )
         )
+    result = Claim(run, CLAIM_NO_CELLS, grpc, rest, rows)
     if not rows:
-        return Claim(
-            run,
-            "Not measured here: this run has no valid closed-loop cell with both gRPC and "
-            "a REST transport (JSON or MessagePack) at the same load.",
-            [],
-            [],
-            [],
-            rest,
-        )
+        return result
     # The largest advantage of gRPC anywhere: throughput ratio, or REST p50 / gRPC p50.
-    best = (-math.inf, "")
+    top = -math.inf
     for row in rows:
-        for t in rest:
-            where = f"{row.model}, {row.variant}, concurrency {fmt_key(row.concurrency)}"
-            for value, what in (
-                (row.rps_ratio.get(t, math.nan), "throughput"),
-                (1 / row.p50_ratio[t] if is_num(row.p50_ratio.get(t)) else math.nan, "p50"),
+        for pair in pairs:
+            p50 = row.p50_ratio.get(pair, math.nan)
+            for value, measure in (
+                (row.rps_ratio.get(pair, math.nan), THROUGHPUT),
+                (1 / p50 if is_num(p50) and p50 != 0 else math.nan, P50),
             ):
-                if is_num(value) and value > best[0]:
-                    best = (value, f"{what} against {transport_name(t)}: {where}")
-    top, where = best
-    if top >= 7:
-        answer = f"Yes, here: up to {fmt_ratio(top)} ({where})."
+                if is_num(value) and value > top:
+                    top = value
+                    result.best = ClaimBest(
+                        value, measure, pair, row.model, row.variant, row.concurrency
+                    )
+    if not is_num(top):
+        result.outcome = CLAIM_UNMEASURED
+    elif top >= CLAIM_FACTOR:
+        result.outcome = CLAIM_YES
     elif top >= 1 + WITHIN:
-        answer = f"No: at most {fmt_ratio(top)} here ({where})."
-    elif is_num(top):
-        answer = (
-            f"No: gRPC is not more than {WITHIN:.0%} faster than REST anywhere here "
-            f"(best {fmt_ratio(top)}: {where})."
-        )
+        result.outcome = CLAIM_NO
     else:
-        answer = "Not measured: the throughput and latency figures are missing."
-    per_model = []
+        result.outcome = CLAIM_NOT_FASTER
     for model in pd.unique(pd.Series([r.model for r in rows])):
         mine = [r for r in rows if r.model == model]
-        parts = []
-        for t in rest:
-            rps = [r.rps_ratio[t] for r in mine if is_num(r.rps_ratio.get(t))]
-            p50 = [r.p50_ratio[t] for r in mine if is_num(r.p50_ratio.get(t))]
-            if rps:
-                parts.append(f"throughput gRPC/{transport_name(t)} {_span(rps)}")
-            if p50:
-                parts.append(f"p50 gRPC/{transport_name(t)} {_span(p50)}")
-        per_model.append(f"{model}: " + "; ".join(parts) + ".")
-    crossovers = []
-    if "json" in rest:
-        for (model, variant), _ in pd.DataFrame(
-            [(r.model, r.variant) for r in rows], columns=["m", "v"]
-        ).groupby(["m", "v"], sort=False):
-            points = [
-                (r.concurrency, r.rps_ratio.get("json", math.nan))
-                for r in rows
-                if r.model == model and r.variant == variant
-            ]
-            if len(points) > 1:
-                crossovers.append(
-                    _crossover_text(f"{model}, {variant}", "concurrency", points, " users")
-                )
-            else:
-                ratio = points[0][1]
-                beats = "beats" if is_num(ratio) and ratio > 1 + WITHIN else "does not beat"
-                crossovers.append(
-                    f"{model}, {variant}: one concurrency measured ({fmt_key(points[0][0])}); "
-                    f"gRPC {beats} JSON there ({fmt_ratio(ratio)})."
-                )
+        spans = []
+        for pair in pairs:
+            for measure, ratios in (
+                (THROUGHPUT, [r.rps_ratio[pair] for r in mine if is_num(r.rps_ratio.get(pair))]),
+                (P50, [r.p50_ratio[pair] for r in mine if is_num(r.p50_ratio.get(pair))]),
+            ):
+                if ratios:
+                    spans.append(ClaimSpan(pair, measure, min(ratios), max(ratios)))
+        result.per_model.append(ModelSpans(str(model), spans))
+    result.reference = rest[0] if rest else None
+    if result.reference is not None:
+        result.crossovers = _crossovers(rows, grpc, result.reference)
+    return result
+
+
+def _crossovers(rows: Sequence[ClaimRow], grpc: Sequence[str], ref: str) -> list[Crossover]:
+    out = []
+    for g in grpc:
+        pair = (g, ref)
+        mine = [r for r in rows if g in r.request_bytes]
+        # Across concurrency, per model and payload variant.
+        groups: dict[tuple[str, str], list[ClaimRow]] = {}
+        for r in mine:
+            groups.setdefault((r.model, r.variant), []).append(r)
+        for (model, variant), group in groups.items():
+            points = sorted((r.concurrency, r.rps_ratio.get(pair, math.nan)) for r in group)
+            out.append(
+                Crossover(pair, model, "concurrency", points, _crossover(points), variant=variant)
+            )
         # Across payload sizes, where a model was run with several.
-        for model in pd.unique(pd.Series([r.model for r in rows])):
-            for conc in sorted({r.concurrency for r in rows if r.model == model}):
+        for model in dict.fromkeys(r.model for r in mine):
+            for conc in sorted({r.concurrency for r in mine if r.model == model}):
                 points = [
-                    (r.request_bytes.get("grpc", math.nan), r.rps_ratio.get("json", math.nan))
-                    for r in rows
+                    (r.request_bytes.get(g, math.nan), r.rps_ratio.get(pair, math.nan))
+                    for r in mine
                     if r.model == model and r.concurrency == conc
                 ]
-                points = [p for p in points if is_num(p[0])]
+                points = sorted(p for p in points if is_num(p[0]))
                 if len({p[0] for p in points}) > 1:
-                    crossovers.append(
-                        _crossover_text(
-                            f"{model}, concurrency {fmt_key(conc)}",
-                            "payload",
-                            points,
-                            " B",
+                    out.append(
+                        Crossover(
+                            pair, model, "payload", points, _crossover(points), concurrency=conc
                         )
                     )
-    return Claim(run, answer, per_model, rows, crossovers, rest)
+    return out
 
 
-def _span(values: Iterable[float]) -> str:
-    values = sorted(values)
-    if fmt_ratio(values[0]) == fmt_ratio(values[-1]):
-        return fmt_ratio(values[0])
-    return f"{fmt_ratio(values[0])[:-1]}–{fmt_ratio(values[-1])}"
-
-
-def claims(med: pd.DataFrame, runs: Sequence[str]) -> list[Claim]:
-    return [claim(med, index, run) for index, run in enumerate(runs)]
+def claims(med: pd.DataFrame, runs: Sequence[str], order: Transports) -> list[Claim]:
+    return [claim(med, index, run, order) for index, run in enumerate(runs)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -703,17 +797,25 @@ def claims(med: pd.DataFrame, runs: Sequence[str]) -> list[Claim]:
 
 @dataclass
 class Validity:
-    rows: pd.DataFrame  # one row per flagged cell (run and key), worst first
+    """The flagged cells: `rows` has the cell key, `variant`, `trials`, `invalid_trials`,
+    `errors` (total), `client_bound_trials`, `min_requests`, `reasons` (the file's
+    invalid_reasons, each once), `marked_invalid` (invalid with no reason given) and
+    `few_requests` (under FEW_REQUESTS in some trial), worst first."""
+
+    rows: pd.DataFrame
     cells: int  # cells (keys) in all runs
-    summary: str
     level: str = "ok"  # "ok", "warn" (client-bound or few requests only), "bad"
+    invalid: int = 0  # flagged cells with an invalid trial
+    with_errors: int = 0
+    client_bound: int = 0
+    few_requests: int = 0
 
 
 def validity(df: pd.DataFrame) -> Validity:
     keys = ["run_index", "run", *records.CELL_KEY]
     rows = []
     if df.empty:
-        return Validity(pd.DataFrame(), 0, "No cells were recorded.", "warn")
+        return Validity(pd.DataFrame(), 0, "warn")
     for key, group in df.groupby(keys, dropna=False, sort=False):
         reasons: list[str] = []
         invalid = int((~group["valid"]).sum())
@@ -722,52 +824,42 @@ def validity(df: pd.DataFrame) -> Validity:
         least = group["requests"].min()
         for rs in group["invalid_reasons"]:
             reasons.extend(r for r in rs if r not in reasons)
-        if invalid and not reasons:
-            reasons.append("marked invalid")
-        if is_num(errors) and errors > 0:
-            reasons.append(f"{fmt_int(errors)} errors")
-        if bound:
-            reasons.append("load generator was the bottleneck (client-bound)")
+        erred = is_num(errors) and errors > 0
         few = is_num(least) and least < FEW_REQUESTS
-        if few:
-            reasons.append(f"under {FEW_REQUESTS:,} requests (p99.9 unresolved)")
-        if not (invalid or (is_num(errors) and errors > 0) or bound or few):
+        if not (invalid or erred or bound or few):
             continue
         first = group.iloc[0]
         rows.append(
             {
                 **dict(zip(keys, key, strict=True)),
                 "variant": first["variant"],
-                "load": describe_load(first),
+                "transport_order": first["transport_order"],
                 "trials": len(group),
                 "invalid_trials": invalid,
                 "errors": errors,
                 "client_bound_trials": bound,
                 "min_requests": least,
-                "reasons": "; ".join(reasons),
-                "_rank": (0 if invalid else 1 if errors and errors > 0 else 2 if bound else 3),
-                "_few": few,
+                "reasons": reasons,
+                "marked_invalid": bool(invalid and not reasons),
+                "few_requests": bool(few),
+                "_rank": (0 if invalid else 1 if erred else 2 if bound else 3),
             }
         )
     total = df.groupby(keys, dropna=False, sort=False).ngroups
     table = pd.DataFrame(rows)
     if table.empty:
-        return Validity(
-            table,
-            total,
-            f"All {total} cells are fine: every trial valid, no errors, the load generator "
-            f"never the bottleneck, every cell at least {FEW_REQUESTS:,} requests.",
-        )
+        return Validity(table, total)
     table = _order(table).sort_values("_rank", kind="stable").reset_index(drop=True)
-    counts = [
-        f"{(table['invalid_trials'] > 0).sum()} invalid",
-        f"{(table['errors'].fillna(0) > 0).sum()} with errors",
-        f"{(table['client_bound_trials'] > 0).sum()} client-bound",
-        f"{int(table['_few'].sum())} with fewer than {FEW_REQUESTS:,} requests",
-    ]
-    summary = f"{len(table)} of {total} cells flagged: " + ", ".join(counts) + "."
     bad = bool((table["invalid_trials"] > 0).any() or (table["errors"].fillna(0) > 0).any())
-    return Validity(table, total, summary, "bad" if bad else "warn")
+    return Validity(
+        table,
+        total,
+        "bad" if bad else "warn",
+        invalid=int((table["invalid_trials"] > 0).sum()),
+        with_errors=int((table["errors"].fillna(0) > 0).sum()),
+        client_bound=int((table["client_bound_trials"] > 0).sum()),
+        few_requests=int(table["few_requests"].sum()),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -776,10 +868,15 @@ def validity(df: pd.DataFrame) -> Validity:
 
 @dataclass
 class ConformanceCell:
-    status: str  # "pass", "FAIL", or "" (not checked)
-    detail: str
-    sampled: str
-    ok: bool | None
+    checked: bool  # a conformance check of this model and transport was recorded
+    passed: bool | None  # its outcome; None: not checked
+    worst: Any = None  # the largest deviation the check saw
+    inputs: Any = None  # inputs checked
+    mismatch_count: Any = None
+    first_mismatch: str | None = None  # where the check failed
+    sampled: float = math.nan  # replies sampled under load (NaN: none)
+    sample_mismatches: float = math.nan
+    ok: bool | None = None  # checked and sampled alike; None: neither
 
 
 @dataclass
@@ -788,10 +885,13 @@ class ConformanceMatrix:
     models: list[str]
     transports: list[str]
     cells: dict[tuple[str, str], ConformanceCell]
-    note: str
+    checked: bool  # the run recorded a conformance check
 
 
-def conformance(run: records.Run, name: str, df: pd.DataFrame) -> ConformanceMatrix:
+def conformance(
+    run: records.Run, name: str, df: pd.DataFrame, order: Transports | None = None
+) -> ConformanceMatrix:
+    order = order or Transports.of_runs([run])
     checks: dict[tuple[str, str], dict[str, Any]] = {}
     for entry in run.conformance:
         if isinstance(entry, dict):
@@ -806,57 +906,101 @@ def conformance(run: records.Run, name: str, df: pd.DataFrame) -> ConformanceMat
             )
     pairs = list(checks) + [p for p in sampled if p not in checks]
     models = list(dict.fromkeys(m for m, _ in pairs))
-    transports = [t for t in TRANSPORT_ORDER if any(p[1] == t for p in pairs)]
-    transports += [t for t in dict.fromkeys(t for _, t in pairs) if t not in transports]
+    names = order.sort(t for _, t in pairs)
     cells = {}
     for pair in pairs:
         entry = checks.get(pair)
-        if entry is None:
-            status, detail, ok = "", "", None
-        else:
+        cell = ConformanceCell(checked=entry is not None, passed=None)
+        if entry is not None:
             passed = entry.get("passed")
             mismatches = entry.get("mismatches")
             count = len(mismatches) if isinstance(mismatches, list) else mismatches
-            ok = bool(passed) if passed is not None else count == 0
-            status = "pass" if ok else "FAIL"
-            detail = f"worst {fmt_num(entry.get('worst'))}"
-            if is_num(entry.get("inputs")):
-                detail += f", {fmt_int(entry.get('inputs'))} inputs"
-            if not ok and is_num(count):
-                detail += f", {fmt_int(count)} mismatch" + ("" if count == 1 else "es")
-            if not ok and isinstance(mismatches, list) and mismatches:
-                detail += f": {mismatches[0]}"
+            cell.passed = bool(passed) if passed is not None else count == 0
+            cell.ok = cell.passed
+            cell.worst = entry.get("worst")
+            cell.inputs = entry.get("inputs")
+            cell.mismatch_count = count
+            if not cell.passed and isinstance(mismatches, list) and mismatches:
+                cell.first_mismatch = str(mismatches[0])
         got, bad = sampled.get(pair, (math.nan, math.nan))
-        if is_num(got):
-            sample = f"sampled {fmt_int(got)} under load, {fmt_int(bad if is_num(bad) else 0)} off"
-            if is_num(bad) and bad > 0:
-                ok = False
-        else:
-            sample = "not sampled under load"
-        cells[pair] = ConformanceCell(status, detail, sample, ok)
-    note = "" if checks else "No conformance check was recorded in this run."
-    return ConformanceMatrix(name, models, transports, cells, note)
+        cell.sampled, cell.sample_mismatches = got, bad
+        if is_num(got) and is_num(bad) and bad > 0:
+            cell.ok = False
+        cells[pair] = cell
+    return ConformanceMatrix(name, models, names, cells, bool(checks))
 
 
 # ---------------------------------------------------------------------------------------
-# comparison of runs
+# comparison of runs: changes against the baseline, judged as `wiremark gate` judges them
+
+Judgements = dict[tuple[str, str], str]  # (key_id, column) -> gate verdict
+
+
+def judgements(
+    runs: Sequence[records.Run],
+    rules: Iterable[str] = gate.DEFAULT_RULES,
+    alpha: float = gate.DEFAULT_ALPHA,
+) -> list[Judgements]:
+    """Per run, what `wiremark gate --baseline runs[0] --current RUN` concludes of each cell
+    and rule: gate.REGRESSION, gate.IMPROVEMENT, gate.UNCHANGED or gate.INSUFFICIENT (too
+    few trials to judge), keyed by (`key_id`, the rule's column). The baseline's is empty,
+    and so is a run with no cell in common with it."""
+    out: list[Judgements] = [{}]
+    rules = tuple(rules)
+    for run in runs[1:]:
+        try:
+            verdict = gate.evaluate(runs[0], run, rules, alpha)
+        except (gate.GateError, records.RecordError):
+            out.append({})
+            continue
+        out.append({(key_id(c.key), c.rule.column): c.verdict for c in verdict.comparisons})
+    return out
+
+
+COMPARED = ("p50_ms", "p99_ms", "rps")
+
+
+@dataclass
+class ComparisonSummary:
+    """One run against the baseline."""
+
+    run: str
+    baseline: str
+    common: int  # cells in both with a change to show
+    p50_change_pct: float  # median over those cells
+    rps_change_pct: float
+    worse: int  # cells the gate judges a regression (on any rule)
+    better: int  # cells it judges an improvement, and none a regression
+    not_judged: int  # cells with too few trials for the gate to judge, neither of those
+    only_baseline: int  # cells only in the baseline
+    only_run: int  # cells only in this run
 
 
 @dataclass
 class Comparison:
+    """Each cell's medians in every run and changes against the baseline. A row has the
+    cell's key fields, `variant` and `runs`: {run: {present, valid, and per measure of
+    COMPARED: the median, "<measure>_change" (%) and "<measure>_judgement" (the gate's
+    verdict, None where no rule covers the measure or the gate did not compare it)}}."""
+
     baseline: str
     runs: list[str]
-    rows: list[dict[str, Any]]  # key fields, then per run p50/p99/rps and change in %
-    summaries: list[str]
+    rows: list[dict[str, Any]]
+    summaries: list[ComparisonSummary]
+    rules: tuple[str, ...] = gate.DEFAULT_RULES  # the gate's rules behind the judgements
+    alpha: float = gate.DEFAULT_ALPHA
 
 
-def _change(after: Any, before: Any) -> float:
-    if is_num(after) and is_num(before) and float(before) != 0:
-        return (float(after) - float(before)) / float(before) * 100
-    return math.nan
-
-
-def comparison(med: pd.DataFrame, runs: Sequence[str]) -> Comparison:
+def comparison(
+    med: pd.DataFrame,
+    runs: Sequence[str],
+    judged: Sequence[Mapping[tuple[str, str], str]] | None = None,
+    rules: Sequence[str] = gate.DEFAULT_RULES,
+    alpha: float = gate.DEFAULT_ALPHA,
+) -> Comparison:
+    """`judged`: `judgements` of the same runs (in the same order); none: nothing judged."""
+    judged = list(judged or [])
+    judged += [{}] * (len(runs) - len(judged))
     by_key: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     for _, row in med.iterrows():
@@ -870,25 +1014,20 @@ def comparison(med: pd.DataFrame, runs: Sequence[str]) -> Comparison:
     for kid in order:
         cells = by_key[kid]
         first = next(iter(cells.values()))
-        out: dict[str, Any] = {
-            "model": first["model"],
-            "transport": first["transport"],
-            "mode": first["mode"],
-            "load": describe_load(first),
-            "variant": first["variant"],
-            "runs": {},
-        }
+        out: dict[str, Any] = {k: first[k] for k in records.CELL_KEY}
+        out.update(key=kid, variant=first["variant"], runs={})
         before = cells.get(base)
-        for run in runs:
+        for index, run in enumerate(runs):
             cell = cells.get(run)
             values: dict[str, Any] = {"present": cell is not None}
-            for m in ("p50_ms", "p99_ms", "rps"):
+            for m in COMPARED:
                 values[m] = cell[m] if cell is not None else math.nan
                 values[f"{m}_change"] = (
                     _change(values[m], before[m])
                     if run != base and cell is not None and before is not None
                     else math.nan
                 )
+                values[f"{m}_judgement"] = judged[index].get((kid, m)) if index else None
             values["valid"] = bool(cell["valid"]) if cell is not None else True
             out["runs"][run] = values
         rows.append(out)
@@ -897,34 +1036,34 @@ def comparison(med: pd.DataFrame, runs: Sequence[str]) -> Comparison:
         p50 = [r["runs"][run]["p50_ms_change"] for r in rows]
         rps = [r["runs"][run]["rps_change"] for r in rows]
         both = [(a, b) for a, b in zip(p50, rps, strict=True) if is_num(a) or is_num(b)]
-        only_base = sum(
-            1 for r in rows if r["runs"][base]["present"] and not r["runs"][run]["present"]
-        )
-        only_run = sum(
-            1 for r in rows if r["runs"][run]["present"] and not r["runs"][base]["present"]
-        )
-        if not both:
-            summaries.append(f"{run} against {base}: no cell in common.")
-            continue
-        worse = sum(
+        verdicts = [
+            {r["runs"][run][f"{m}_judgement"] for m in COMPARED} - {None}
+            for r in rows
+            if r["runs"][run]["present"]
+        ]
+        worse = sum(1 for v in verdicts if gate.REGRESSION in v)
+        better = sum(1 for v in verdicts if gate.IMPROVEMENT in v and gate.REGRESSION not in v)
+        not_judged = sum(
             1
-            for a, b in both
-            if (is_num(a) and a > WITHIN * 100) or (is_num(b) and b < -WITHIN * 100)
+            for v in verdicts
+            if gate.INSUFFICIENT in v and not v & {gate.REGRESSION, gate.IMPROVEMENT}
         )
-        better = sum(
-            1
-            for a, b in both
-            if (is_num(a) and a < -WITHIN * 100) or (is_num(b) and b > WITHIN * 100)
+        summaries.append(
+            ComparisonSummary(
+                run=run,
+                baseline=base,
+                common=len(both),
+                p50_change_pct=float(np.nanmedian([a for a, _ in both if is_num(a)] or [math.nan])),
+                rps_change_pct=float(np.nanmedian([b for _, b in both if is_num(b)] or [math.nan])),
+                worse=worse,
+                better=better,
+                not_judged=not_judged,
+                only_baseline=sum(
+                    1 for r in rows if r["runs"][base]["present"] and not r["runs"][run]["present"]
+                ),
+                only_run=sum(
+                    1 for r in rows if r["runs"][run]["present"] and not r["runs"][base]["present"]
+                ),
+            )
         )
-        p50_med = float(np.nanmedian([a for a, _ in both if is_num(a)] or [math.nan]))
-        rps_med = float(np.nanmedian([b for _, b in both if is_num(b)] or [math.nan]))
-        text = (
-            f"{run} against {base}: {len(both)} cells in common; median change "
-            f"p50 {fmt_pct(p50_med)}, throughput {fmt_pct(rps_med)}; "
-            f"{worse} cells worse by more than {WITHIN:.0%} (p50 up or throughput down), "
-            f"{better} better."
-        )
-        if only_base or only_run:
-            text += f" {only_base} cells only in {base}, {only_run} only in {run}."
-        summaries.append(text)
-    return Comparison(base, list(runs), rows, summaries)
+    return Comparison(base, list(runs), rows, summaries, tuple(rules), float(alpha))

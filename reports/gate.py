@@ -2,8 +2,13 @@
 
     wiremark gate --baseline B --current C [--rule p99:+10% --rule rps:-5% ...]
 
-Both files are result files (`records.py`, schema 1). Cells are matched on `records.CELL_KEY`;
-every trial (`bench --repeat N`) of a cell is one observation. For each cell and each rule:
+Both files are result files (`records.py`, schema 1 or 2). Cells are matched on
+`records.CELL_KEY`; every trial (`bench --repeat N`) of a cell is one observation.
+
+A rule is FIELD:+N% or FIELD:-N% on one of the aliases of `FIELDS`: the latency percentiles
+(`records.PERCENTILES`: p50 p90 p95 p99 p999), max, mean, rps, server_cpu, client_cpu and
+tax (`transport_tax_ms`: the p50 minus the in-process time, what the transport adds; higher
+is worse), or on the column name itself (p99_ms:+10%). For each cell and each rule:
 
 * change = median of the current trials vs median of the baseline trials, in per cent;
 * p = one-sided Mann–Whitney U over the per-trial values, in the rule's bad direction
@@ -49,16 +54,13 @@ RECOMMENDED_REPEAT = 5
 # alias -> (column, sign): sign +1 means "higher is worse" (write FIELD:+N%),
 # -1 means "lower is worse" (write FIELD:-N%).
 FIELDS: dict[str, tuple[str, int]] = {
-    "p50": ("p50_ms", +1),
-    "p90": ("p90_ms", +1),
-    "p95": ("p95_ms", +1),
-    "p99": ("p99_ms", +1),
-    "p999": ("p999_ms", +1),
+    **{key: (f"{key}_ms", +1) for key, _, _ in records.PERCENTILES},
     "max": ("max_ms", +1),
     "mean": ("mean_ms", +1),
     "rps": ("rps", -1),
     "server_cpu": ("server_cpu_ms", +1),
     "client_cpu": ("client_cpu_ms", +1),
+    "tax": ("transport_tax_ms", +1),  # transport tax: p50 minus the in-process time
 }
 _COLUMNS = {column: alias for alias, (column, _) in FIELDS.items()}
 RULE_FORM = "FIELD:+N% (regression when FIELD rises by more than N%) or FIELD:-N% (falls)"
@@ -1029,7 +1031,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="FIELD:±N%",
         help=(
             "FIELD:+N%% fails when FIELD rises by more than N%%, FIELD:-N%% when it falls; "
-            f"fields {', '.join(FIELDS)}; repeatable "
+            f"fields {', '.join(FIELDS)} (tax: the transport tax, p50 minus the in-process "
+            "time); repeatable "
             f"(default: {' '.join(DEFAULT_RULES).replace('%', '%%')})"
         ),
     )

@@ -2,8 +2,9 @@
 
 Each function takes the per-trial frame (`analysis.cells_frame`) or the medians and returns
 a `Plot`: an SVG string, or None and a one-line note saying why the plot was skipped.
-Colour is the transport; where several runs are compared, line style, marker or hatch is
-the run. One subplot per model, each with its own scale.
+Colour is the transport, by its place in the runs' combined order (`analysis.Transports`):
+the same transport has the same colour in every plot. Where several runs are compared, line
+style, marker or hatch is the run. One subplot per model, each with its own scale.
 """
 
 from __future__ import annotations
@@ -29,9 +30,22 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from wiremark.reports import analysis as an
+from wiremark.reports import records
+from wiremark.reports import wording as w
 
-COLOURS = {"grpc": "#1f77b4", "json": "#ff7f0e", "msgpack": "#2ca02c"}
-SPARE_COLOURS = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+# Transport colours, by place in display order (the first three: the first three transports).
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 HATCHES = ("", "//", "..", "xx", "\\\\", "++")
@@ -65,13 +79,9 @@ class Plot:
 # helpers
 
 
-def colour(transport: str, transports: Sequence[str]) -> str:
-    if transport in COLOURS:
-        return COLOURS[transport]
-    others = [t for t in transports if t not in COLOURS]
-    return (
-        SPARE_COLOURS[others.index(transport) % len(SPARE_COLOURS)] if transport in others else "k"
-    )
+def colour(transport: str, tr: an.Transports) -> str:
+    """A transport's colour: PALETTE by its place in the combined order of the runs shown."""
+    return PALETTE[tr.rank(transport) % len(PALETTE)]
 
 
 def _short(run: str) -> str:
@@ -155,8 +165,8 @@ def _legend(fig: Figure, handles: list, ncol: int | None = None) -> None:
         )
 
 
-def _transport_handles(transports: Sequence[str]) -> list:
-    return [Patch(color=colour(t, transports), label=an.transport_name(t)) for t in transports]
+def _transport_handles(transports: Sequence[str], tr: an.Transports) -> list:
+    return [Patch(color=colour(t, tr), label=tr.label(t)) for t in transports]
 
 
 def _run_handles(runs: Sequence[str], marker: bool = True) -> list:
@@ -199,7 +209,9 @@ def _finish(fig: Figure, plot: Plot, note: str = "") -> Plot:
 # the plots
 
 
-def latency_percentiles(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> Plot:
+def latency_percentiles(
+    df: pd.DataFrame, runs: Sequence[str], models: Sequence[str], tr: an.Transports
+) -> Plot:
     plot = Plot(
         "plot-percentiles",
         "Latency percentiles",
@@ -212,7 +224,7 @@ def latency_percentiles(df: pd.DataFrame, runs: Sequence[str], models: Sequence[
         return plot
     transports = an.transports_of(data)
     fig, axes = _grid(len(models))
-    xs = np.arange(len(an.PERCENTILES))
+    xs = np.arange(len(records.PERCENTILES))
     for ax, model in zip(axes, models, strict=True):
         drawn = False
         conc = pick_concurrency(data[data["model"] == model], highest=True)
@@ -223,31 +235,33 @@ def latency_percentiles(df: pd.DataFrame, runs: Sequence[str], models: Sequence[
                 rows = sub[sub["transport"] == t]
                 if rows.empty:
                     continue
-                ys = [rows[col].median() for col, _ in an.PERCENTILES]
+                ys = [rows[f"{key}_ms"].median() for key, _, _ in records.PERCENTILES]
                 if not _positive(ys):
                     continue
                 ax.plot(
                     xs,
                     ys,
-                    color=colour(t, transports),
+                    color=colour(t, tr),
                     linestyle=LINESTYLES[ri % len(LINESTYLES)],
                     marker=MARKERS[ri % len(MARKERS)],
                     markersize=4,
                 )
                 drawn = True
-        ax.set_title(f"{model} — concurrency {an.fmt_key(conc) or '?'}")
+        ax.set_title(f"{model} — concurrency {w.fmt_key(conc) or '?'}")
         if not drawn:
             _empty(ax)
             continue
-        ax.set_xticks(xs, [label for _, label in an.PERCENTILES])
+        ax.set_xticks(xs, [label for _, _, label in records.PERCENTILES])
         log_y(ax)
         ax.set_xlabel("percentile")
         ax.set_ylabel("latency (ms)")
-    _legend(fig, _transport_handles(transports) + _run_handles(runs))
+    _legend(fig, _transport_handles(transports, tr) + _run_handles(runs))
     return _finish(fig, plot, note)
 
 
-def throughput(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> Plot:
+def throughput(
+    df: pd.DataFrame, runs: Sequence[str], models: Sequence[str], tr: an.Transports
+) -> Plot:
     plot = Plot(
         "plot-throughput",
         "Throughput against concurrency (closed loop)",
@@ -277,7 +291,7 @@ def throughput(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> 
                     med.index,
                     med.values,
                     yerr=[med.values - lo.values, hi.values - med.values],
-                    color=colour(t, transports),
+                    color=colour(t, tr),
                     linestyle=LINESTYLES[ri % len(LINESTYLES)],
                     marker=MARKERS[ri % len(MARKERS)],
                     markersize=4,
@@ -288,16 +302,18 @@ def throughput(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> 
             ax.set_xscale("log", base=2)
         if len(ticks) == 1:  # a single concurrency: centre it
             ax.set_xlim(ticks[0] * 0.5, ticks[0] * 1.5)
-        ax.set_xticks(ticks, [an.fmt_key(c) for c in ticks])
+        ax.set_xticks(ticks, [w.fmt_key(c) for c in ticks])
         ax.minorticks_off()
         ax.set_ylim(bottom=0)
         ax.set_xlabel("concurrency (users)")
         ax.set_ylabel("throughput (requests/s)")
-    _legend(fig, _transport_handles(transports) + _run_handles(runs))
+    _legend(fig, _transport_handles(transports, tr) + _run_handles(runs))
     return _finish(fig, plot, note)
 
 
-def open_loop(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> Plot:
+def open_loop(
+    df: pd.DataFrame, runs: Sequence[str], models: Sequence[str], tr: an.Transports
+) -> Plot:
     plot = Plot(
         "plot-open-loop",
         "Latency against arrival rate (open loop)",
@@ -326,7 +342,7 @@ def open_loop(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> P
                     ax.plot(
                         ys.index,
                         ys.values,
-                        color=colour(t, transports),
+                        color=colour(t, tr),
                         linestyle=style,
                         marker=MARKERS[ri % len(MARKERS)],
                         markersize=5,
@@ -340,7 +356,7 @@ def open_loop(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> P
         ax.set_xlabel("arrival rate (requests/s)")
         ax.set_ylabel("latency (ms)")
     handles = [
-        *_transport_handles(transports),
+        *_transport_handles(transports, tr),
         Line2D([], [], color="0.3", linestyle="-", label="p50"),
         Line2D([], [], color="0.3", linestyle="--", label="p99"),
     ]
@@ -378,10 +394,10 @@ def _groups(
     return out
 
 
-def _group_label(ri: int, t: str, runs: Sequence[str]) -> str:
+def _group_label(ri: int, t: str, runs: Sequence[str], tr: an.Transports) -> str:
     if len(runs) < 2:
-        return an.transport_name(t)
-    return f"{an.SHORT_NAMES.get(t, an.transport_name(t))}\n{an.run_tags(runs)[ri]}"
+        return tr.label(t)
+    return f"{tr.short_label(t)}\n{an.run_tags(runs)[ri]}"
 
 
 def _bars(
@@ -392,7 +408,8 @@ def _bars(
     ylabel: str,
     pick: Callable[[pd.DataFrame], pd.DataFrame],
     log: bool,
-    fmt: Callable[[object], str] = an.fmt_num,
+    tr: an.Transports,
+    fmt: Callable[[object], str] = w.fmt_num,
 ) -> Figure:
     """Grouped bars: one group per transport (and run), one bar per series (column)."""
     transports = an.transports_of(data)
@@ -409,7 +426,7 @@ def _bars(
         for gi, (ri, _t, rows) in enumerate(groups):
             for si, (col, _label, shade) in enumerate(series):
                 value = rows[col].median()
-                if not an.is_num(value):
+                if not w.is_num(value):
                     continue
                 values_seen.append(value)
                 x = gi + (si - (len(series) - 1) / 2) * width
@@ -435,7 +452,7 @@ def _bars(
                     fontsize=6.5,
                     color="0.25",
                 )
-        ax.set_xticks(range(len(groups)), [_group_label(ri, t, runs) for ri, t, _ in groups])
+        ax.set_xticks(range(len(groups)), [_group_label(ri, t, runs, tr) for ri, t, _ in groups])
         pad = max(3 - len(groups), 0) / 2  # keep one or two groups from filling the axes
         ax.set_xlim(-0.6 - pad, len(groups) - 0.4 + pad)
         if log and _positive(values_seen):
@@ -484,7 +501,9 @@ def _at(rows: pd.DataFrame, highest: bool) -> pd.DataFrame:
     return rows[(rows["mode"] == "closed") & (rows["concurrency"] == conc)]
 
 
-def payload_bytes(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> Plot:
+def payload_bytes(
+    df: pd.DataFrame, runs: Sequence[str], models: Sequence[str], tr: an.Transports
+) -> Plot:
     plot = Plot(
         "plot-bytes",
         "Bytes per request, each way",
@@ -503,14 +522,14 @@ def payload_bytes(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) 
         return plot
     data, note = _main(df)
     fig = _bars(
-        data, runs, models, present, "bytes per request", lambda r: r, log=True, fmt=an.fmt_int
+        data, runs, models, present, "bytes per request", lambda r: r, True, tr, fmt=w.fmt_int
     )
     if not any(s[0].startswith("wire") for s in present):
         note = " ".join([note, "Wire bytes were not measured (no relay pass)."]).strip()
     return _finish(fig, plot, note)
 
 
-def cpu(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> Plot:
+def cpu(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str], tr: an.Transports) -> Plot:
     plot = Plot(
         "plot-cpu",
         "CPU per request",
@@ -533,7 +552,8 @@ def cpu(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> Plot:
         present,
         "CPU per request (ms)",
         lambda r: _at(r, highest=True),
-        log=False,
+        False,
+        tr,
     )
     if len(present) < len(series):
         gone = [label for col, label, _ in series if not _positive(df[col])]
@@ -551,7 +571,9 @@ COST_PARTS = (
 )
 
 
-def cost_split(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> Plot:
+def cost_split(
+    df: pd.DataFrame, runs: Sequence[str], models: Sequence[str], tr: an.Transports
+) -> Plot:
     plot = Plot(
         "plot-cost",
         "Where the time goes",
@@ -577,12 +599,12 @@ def cost_split(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> 
         if not groups:
             _empty(ax)
             continue
-        conc = an.fmt_key(rows["concurrency"].iloc[0])
+        conc = w.fmt_key(rows["concurrency"].iloc[0])
         labels = []
         for gi, (ri, t, rows) in enumerate(groups):
             p50 = rows["p50_ms"].median()
             values = {col: rows[col].median() for col, _, _ in parts}
-            values = {k: (v if an.is_num(v) else 0.0) for k, v in values.items()}
+            values = {k: (v if w.is_num(v) else 0.0) for k, v in values.items()}
             values["network"] = max(p50 - sum(values.values()), 0.0)
             left = 0.0
             for col, _label, shade in COST_PARTS:
@@ -598,7 +620,7 @@ def cost_split(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> 
                 )
                 left += values[col]
             ax.annotate(
-                an.fmt_num(max(p50, left), "ms"),
+                w.fmt_num(max(p50, left), "ms"),
                 (left, gi),
                 xytext=(3, 0),
                 textcoords="offset points",
@@ -606,7 +628,7 @@ def cost_split(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> 
                 fontsize=7,
                 color="0.25",
             )
-            labels.append(_group_label(ri, t, runs).replace("\n", " · "))
+            labels.append(_group_label(ri, t, runs, tr).replace("\n", " · "))
         ax.set_yticks(range(len(groups)), labels)
         ax.invert_yaxis()
         ax.set_xlim(0, ax.get_xlim()[1] * 1.15)
@@ -622,15 +644,21 @@ def cost_split(df: pd.DataFrame, runs: Sequence[str], models: Sequence[str]) -> 
     return _finish(fig, plot, note)
 
 
-def all_plots(df: pd.DataFrame, runs: Sequence[str]) -> list[Plot]:
-    """Every plot of the report, in order; each skipped cleanly when its data are absent."""
+def all_plots(df: pd.DataFrame, runs: Sequence[str], tr: an.Transports | None = None) -> list[Plot]:
+    """Every plot of the report, in order; each skipped cleanly when its data are absent.
+    `tr`: the runs' transports (labels, colours); by default those the frame names."""
     models = an.models_of(df)
+    tr = tr if tr is not None else an.Transports(_unknown(df))
     with plt.rc_context(STYLE):
         return [
-            latency_percentiles(df, runs, models),
-            throughput(df, runs, models),
-            open_loop(df, runs, models),
-            payload_bytes(df, runs, models),
-            cost_split(df, runs, models),
-            cpu(df, runs, models),
+            latency_percentiles(df, runs, models, tr),
+            throughput(df, runs, models, tr),
+            open_loop(df, runs, models, tr),
+            payload_bytes(df, runs, models, tr),
+            cost_split(df, runs, models, tr),
+            cpu(df, runs, models, tr),
         ]
+
+
+def _unknown(df: pd.DataFrame) -> list[an.TransportInfo]:
+    return [an.TransportInfo(t, t, t, None, described=False) for t in an.transports_of(df)]

@@ -2,9 +2,9 @@
 
 `DIR/results.json` is one JSON object, rewritten whole (atomically) after every cell, so an
 interrupted run keeps every cell it finished; `DIR/results.csv` holds the same cells, one
-row each. Fields (schema_version 1):
+row each. Fields (schema_version 2; `load` reads 1 and 2):
 
-    schema_version   1
+    schema_version   2
     wiremark         the wiremark version that wrote the file
     run_id           e.g. "20261122T103800Z-3f5060c"
     started, finished  ISO-8601 UTC; finished is null while the run is going (or was cut)
@@ -13,14 +13,27 @@ row each. Fields (schema_version 1):
     machine          hostname, platform, cpu_model, cpus, memory_gib
     versions         python, grpcio, protobuf, tensorflow, fastapi, uvicorn, msgpack, locust, ...
     placement        server_cpus, client_cpus (taskset lists or null), and a note
+    transports       the transports of the run, in display order: one object each, with
+                     name (as the cells name it), label (as the report writes it),
+                     short_label (table headers, plot ticks), wire (WIRE_GRPC or
+                     WIRE_HTTP1), server (the server kind), api (whose API the bodies
+                     follow) and media_type. The report takes every transport's label,
+                     order and colour from here and compares transports by wire; a
+                     transport in the cells but not here sorts last, labelled by its name.
+                     Schema 1 had no such key: `load` supplies LEGACY_TRANSPORTS.
     settings         how each transport was run (server flavour, event loop, codecs, client)
     conformance      [{model, transport, inputs, mismatches: [str], worst, passed}]
     cells            [cell, ...] in the order they finished
 
+The wires (a transport descriptor's `wire`):
+
+    WIRE_GRPC        "grpc-h2": gRPC framing over HTTP/2
+    WIRE_HTTP1       "http1.1": REST over HTTP/1.1
+
 A cell (None where not measured):
 
     trial            0-based repetition (`bench --repeat N` runs the matrix N times)
-    model, transport  e.g. "mnist", "grpc"
+    model, transport  e.g. mnist, and a transport's name
     mode             "closed" (N users, no wait) or "open" (a target arrival rate)
     concurrency      closed loop: users; open loop: the most requests in flight allowed
     rate, arrival    open loop: target requests/s and "constant" or "poisson"
@@ -28,8 +41,9 @@ A cell (None where not measured):
     duration_s       the measured window (warm-up excluded)
     requests, errors completed requests and failed ones in the window
     rps              completed requests per second
-    p50_ms p90_ms p95_ms p99_ms p999_ms max_ms mean_ms   from every latency (no buckets);
-                     open loop counts from the intended send time
+    p50_ms p90_ms p95_ms p99_ms p999_ms   the latency percentiles (PERCENTILES), and
+    max_ms mean_ms   from every latency (no buckets); open loop counts from the intended
+                     send time
     late, dropped    open loop: sends more than 1 ms behind schedule, and sends skipped
                      because `concurrency` requests were already in flight
     request_bytes, response_bytes   body bytes per request (protobuf message / JSON / msgpack)
@@ -44,6 +58,9 @@ A cell (None where not measured):
     client_encode_ms, client_decode_ms  the client codec's own cost for this payload, timed
                      in-process
     inprocess_ms     the same model on the same batch called in-process (median)
+    transport_tax_ms what the transport adds: p50_ms - inprocess_ms (`transport_tax`),
+                     rounded to 4 places; None where either is missing. Schema 1 had no
+                     such field: `load` fills it in from those two.
     processes        load-generator processes used
     client_bound     the load generator, not the server, was the bottleneck
     scaling          what worker scaling concluded, in words
@@ -51,22 +68,80 @@ A cell (None where not measured):
     valid            False when the cell missed its minimum duration or request count, had
                      errors, or a sampled reply did not conform
     invalid_reasons  why, in words
+
+This module is cheap to import (the load-generator process imports PERCENTILES from it):
+pandas is imported only by `Run.frame` and `ResultWriter.flush`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # the schema versions `load` reads
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
+
+# The wires a transport descriptor names (payloads/transport.py writes the same words).
+WIRE_GRPC = "grpc-h2"  # gRPC framing over HTTP/2
+WIRE_HTTP1 = "http1.1"  # REST over HTTP/1.1
+WIRES = (WIRE_GRPC, WIRE_HTTP1)
+
+# The fields of a transport descriptor in the run document's "transports" list.
+TRANSPORT_FIELDS = ("name", "label", "short_label", "wire", "server", "api", "media_type")
+
+# The transports of schema-1 files, which did not record them. Read only by `load`, for
+# those files: everything else takes the transports from the file.
+LEGACY_TRANSPORTS: tuple[dict[str, str], ...] = (
+    {
+        "name": "grpc",
+        "label": "gRPC",
+        "short_label": "gRPC",
+        "wire": WIRE_GRPC,
+        "server": "grpcio",
+        "api": "wiremark",
+        "media_type": "application/grpc",
+    },
+    {
+        "name": "json",
+        "label": "JSON",
+        "short_label": "JSON",
+        "wire": WIRE_HTTP1,
+        "server": "fastapi",
+        "api": "wiremark",
+        "media_type": "application/json",
+    },
+    {
+        "name": "msgpack",
+        "label": "MessagePack",
+        "short_label": "MsgPack",
+        "wire": WIRE_HTTP1,
+        "server": "fastapi",
+        "api": "wiremark",
+        "media_type": "application/msgpack",
+    },
+)
+
+# The latency percentiles every cell records: (key, quantile in per cent, label). A cell
+# carries each as the field f"{key}_ms"; the report, the plots and the gate's rules (the
+# key is the rule's name: p99:+10%) all follow this list.
+PERCENTILES: tuple[tuple[str, float, str], ...] = (
+    ("p50", 50.0, "p50"),
+    ("p90", 90.0, "p90"),
+    ("p95", 95.0, "p95"),
+    ("p99", 99.0, "p99"),
+    ("p999", 99.9, "p99.9"),
+)
+PERCENTILE_FIELDS: tuple[str, ...] = tuple(f"{key}_ms" for key, _, _ in PERCENTILES)
 
 # What makes two cells the same measurement, across trials and across runs.
 CELL_KEY = (
@@ -88,11 +163,7 @@ CELL_FIELDS = (
     "requests",
     "errors",
     "rps",
-    "p50_ms",
-    "p90_ms",
-    "p95_ms",
-    "p99_ms",
-    "p999_ms",
+    *PERCENTILE_FIELDS,
     "max_ms",
     "mean_ms",
     "late",
@@ -111,6 +182,7 @@ CELL_FIELDS = (
     "client_encode_ms",
     "client_decode_ms",
     "inprocess_ms",
+    "transport_tax_ms",
     "processes",
     "client_bound",
     "scaling",
@@ -119,6 +191,25 @@ CELL_FIELDS = (
     "valid",
     "invalid_reasons",
 )
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def transport_tax(p50_ms: Any, inprocess_ms: Any) -> float | None:
+    """What the transport adds to a cell: its end-to-end p50 minus the in-process p50 of the
+    same model and batch, rounded to 4 places; None when either is missing."""
+    p50, inprocess = _number(p50_ms), _number(inprocess_ms)
+    if p50 is None or inprocess is None:
+        return None
+    return round(p50 - inprocess, 4)
 
 
 class RecordError(ValueError):
@@ -141,8 +232,21 @@ class Run:
     def conformance(self) -> list[dict[str, Any]]:
         return list(self.meta.get("conformance") or [])
 
+    @property
+    def transports(self) -> list[dict[str, Any]]:
+        """The run's transport descriptors, in display order (see the module docstring):
+        the file's "transports", LEGACY_TRANSPORTS for a schema-1 run that has none."""
+        given = self.meta.get("transports")
+        if isinstance(given, list):
+            return [dict(t) for t in given if isinstance(t, dict) and t.get("name")]
+        if self.meta.get("schema_version") == 1:
+            return [dict(t) for t in LEGACY_TRANSPORTS]
+        return []
+
     def frame(self) -> pd.DataFrame:
         """The cells as a DataFrame, every field a column (missing ones as None)."""
+        import pandas as pd
+
         frame = pd.DataFrame(self.cells, columns=list(CELL_FIELDS))
         frame.insert(0, "run", self.label)
         return frame
@@ -172,13 +276,20 @@ class ResultWriter:
         self.flush()
 
     def add_cell(self, cell: dict[str, Any]) -> None:
+        """Append a cell; `transport_tax_ms`, when the cell does not carry it, is worked out
+        from its `p50_ms` and `inprocess_ms`."""
         unknown = set(cell) - set(CELL_FIELDS)
         if unknown:
             raise ValueError(f"unknown cell field(s): {', '.join(sorted(unknown))}")
-        self.doc["cells"].append({name: cell.get(name) for name in CELL_FIELDS})
+        row = {name: cell.get(name) for name in CELL_FIELDS}
+        if "transport_tax_ms" not in cell:
+            row["transport_tax_ms"] = transport_tax(cell.get("p50_ms"), cell.get("inprocess_ms"))
+        self.doc["cells"].append(row)
         self.flush()
 
     def flush(self) -> None:
+        import pandas as pd
+
         _atomic_write(self.json_path, json.dumps(self.doc, indent=1, default=str))
         frame = pd.DataFrame(self.doc["cells"], columns=list(CELL_FIELDS))
         if not frame.empty:
@@ -193,7 +304,11 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def load(path: str | Path) -> Run:
-    """Read one result file (or a directory holding `results.json`)."""
+    """Read one result file (or a directory holding `results.json`), of schema 1 or 2.
+
+    A schema-1 file is brought up to schema 2 as it is read: every cell gets its
+    `transport_tax_ms` (`transport_tax`), and the run its "transports" (LEGACY_TRANSPORTS)
+    where it has none; `meta["schema_version"]` still says what the file was."""
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_JSON
@@ -205,15 +320,34 @@ def load(path: str | Path) -> Run:
         raise RecordError(f"{path}: not a wiremark result file ({exc})") from None
     if not isinstance(doc, dict) or "schema_version" not in doc:
         raise RecordError(f"{path}: not a wiremark result file (no schema_version)")
-    if doc["schema_version"] != SCHEMA_VERSION:
+    version = doc["schema_version"]
+    if isinstance(version, bool) or version not in READABLE_SCHEMAS:
         raise RecordError(
-            f"{path}: schema_version {doc['schema_version']!r}; this wiremark reads "
-            f"{SCHEMA_VERSION}"
+            f"{path}: schema_version {version!r}; this wiremark reads "
+            f"{' and '.join(str(v) for v in READABLE_SCHEMAS)}"
         )
     cells = doc.pop("cells", None)
     if not isinstance(cells, list):
         raise RecordError(f"{path}: 'cells' is not a list")
+    transports = doc.get("transports")
+    if transports is not None and not _descriptors(transports):
+        raise RecordError(f"{path}: 'transports' is not a list of objects with a name")
+    if version == 1:
+        if transports is None:
+            doc["transports"] = [dict(t) for t in LEGACY_TRANSPORTS]
+        for cell in cells:
+            if isinstance(cell, dict) and "transport_tax_ms" not in cell:
+                cell["transport_tax_ms"] = transport_tax(
+                    cell.get("p50_ms"), cell.get("inprocess_ms")
+                )
     return Run(path, doc, cells)
+
+
+def _descriptors(value: Any) -> bool:
+    """A list of transport descriptors, each an object with a name."""
+    return isinstance(value, list) and all(
+        isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"] for t in value
+    )
 
 
 def load_all(paths: Iterable[str | Path]) -> list[Run]:

@@ -108,16 +108,21 @@ def _n(text: str, cls: str = "") -> Cell:
     return Cell(text, f"num {cls}".strip())
 
 
-def _change_cell(value: float, worse_if_up: bool, within: float) -> Cell:
-    from wiremark.reports import analysis as an
+def _change_cell(value: float, judgement: str | None) -> Cell:
+    """A change against the baseline, coloured as `wiremark gate` judged it: red for a
+    regression, green for an improvement, "not judged" where too few trials to tell."""
+    from wiremark.reports import gate
+    from wiremark.reports import wording as w
 
-    if not an.is_num(value):
+    if not w.is_num(value):
         return _n("—")
-    cls = ""
-    if abs(value) > within * 100:
-        up_is_bad = value > 0 if worse_if_up else value < 0
-        cls = "worse" if up_is_bad else "better"
-    return _n(an.fmt_pct(value), cls)
+    if judgement == gate.REGRESSION:
+        return _n(w.fmt_pct(value), "worse")
+    if judgement == gate.IMPROVEMENT:
+        return _n(w.fmt_pct(value), "better")
+    if judgement == gate.INSUFFICIENT:
+        return Cell(w.fmt_pct(value), "num judged-not", "not judged")
+    return _n(w.fmt_pct(value))
 
 
 # The full table, in three parts so that each fits a page: (title, [(field, header, kind)]).
@@ -129,11 +134,7 @@ CELL_TABLES = (
             ("requests", "requests", "int"),
             ("errors", "errors", "int"),
             ("rps", "req/s", "num"),
-            ("p50_ms", "p50", "num"),
-            ("p90_ms", "p90", "num"),
-            ("p95_ms", "p95", "num"),
-            ("p99_ms", "p99", "num"),
-            ("p999_ms", "p99.9", "num"),
+            *((f"{key}_ms", label, "num") for key, _, label in records.PERCENTILES),
             ("max_ms", "max", "num"),
             ("mean_ms", "mean", "num"),
             ("late", "late", "int"),
@@ -170,15 +171,16 @@ CELL_TABLES = (
 )
 
 
-def _key_cells(row: Any, multi: bool) -> list[Cell]:
+def _key_cells(row: Any, multi: bool, tr: an.Transports) -> list[Cell]:
     from wiremark.reports import analysis as an
+    from wiremark.reports import wording as w
 
     return [
         *([Cell(an.run_tag(row))] if multi else []),
         Cell(str(row["model"])),
-        Cell(an.transport_name(row["transport"])),
-        Cell(an.describe_load(row)),
-        Cell(str(row["variant"])),
+        Cell(tr.label(row["transport"])),
+        Cell(w.load(row)),
+        Cell(w.variant(row["variant"])),
     ]
 
 
@@ -191,12 +193,11 @@ def _key_headers(multi: bool) -> list[Cell]:
     ]
 
 
-def _cells_tables(med: pd.DataFrame, multi: bool) -> list[dict[str, Any]]:
-    from wiremark.reports import analysis as an
+def _cells_tables(med: pd.DataFrame, multi: bool, tr: an.Transports) -> list[dict[str, Any]]:
+    from wiremark.reports import wording as w
 
     if med.empty:
         return []
-    med = med.assign(transport_tax_ms=med["p50_ms"] - med["inprocess_ms"])
     out = []
     for i, (title, spec) in enumerate(CELL_TABLES):
         columns = [c for c in spec if c[0] == "trials" or med[c[0]].notna().any()]
@@ -206,9 +207,9 @@ def _cells_tables(med: pd.DataFrame, multi: bool) -> list[dict[str, Any]]:
         if i == 0:
             table.headers.append(_h("valid"))
         for _, row in med.iterrows():
-            cells = _key_cells(row, multi)
+            cells = _key_cells(row, multi, tr)
             for col, _, kind in columns:
-                fmt = an.fmt_int if kind == "int" else an.fmt_num
+                fmt = w.fmt_int if kind == "int" else w.fmt_num
                 cells.append(_n(fmt(row[col])))
             if i == 0:
                 flags = [] if row["valid"] else ["invalid"]
@@ -220,8 +221,8 @@ def _cells_tables(med: pd.DataFrame, multi: bool) -> list[dict[str, Any]]:
     return out
 
 
-def _verdict_table(v: an.Verdict) -> Table | None:
-    from wiremark.reports import analysis as an
+def _verdict_table(v: an.Verdict, tr: an.Transports) -> Table | None:
+    from wiremark.reports import wording as w
 
     if not v.figures:
         return None
@@ -235,74 +236,75 @@ def _verdict_table(v: an.Verdict) -> Table | None:
         ]
     )
     for f in v.figures:
-        name = an.transport_name(f.transport) + (" (client-bound)" if f.client_bound else "")
+        name = tr.label(f.transport) + (" (client-bound)" if f.client_bound else "")
         table.rows.append(
             [
                 Cell(name),
                 _n(str(f.trials)),
-                _n(an.fmt_num(f.rps)),
-                _n(an.fmt_num(f.p50_ms)),
-                _n(an.fmt_num(f.p99_ms)),
+                _n(w.fmt_num(f.rps)),
+                _n(w.fmt_num(f.p50_ms)),
+                _n(w.fmt_num(f.p99_ms)),
             ]
         )
     return table
 
 
-def _claim_table(c: an.Claim) -> Table | None:
-    from wiremark.reports import analysis as an
+def _claim_table(c: an.Claim, tr: an.Transports) -> Table | None:
+    from wiremark.reports import wording as w
 
     if not c.rows:
         return None
-    names = {t: an.SHORT_NAMES.get(t, an.transport_name(t)) for t in c.rest}
-    headers = [_h("model"), _h("payload"), _h("users", True), _h("body B gRPC", True)]
-    headers += [_h(f"body B {names[t]}", True) for t in c.rest]
-    headers += [_h(f"req/s gRPC÷{names[t]}", True) for t in c.rest]
-    headers += [_h(f"p50 gRPC÷{names[t]}", True) for t in c.rest]
+    short = tr.short_label
+    headers = [_h("model"), _h("payload"), _h("users", True)]
+    headers += [_h(f"body B {short(t)}", True) for t in (*c.grpc, *c.rest)]
+    headers += [_h(f"req/s {short(g)}÷{short(r)}", True) for g, r in c.pairs]
+    headers += [_h(f"p50 {short(g)}÷{short(r)}", True) for g, r in c.pairs]
     table = Table(headers)
-    for r in c.rows:
+    for row in c.rows:
         cells = [
-            Cell(r.model + (" (client-bound)" if r.client_bound else "")),
-            Cell(r.variant),
-            _n(an.fmt_key(r.concurrency)),
-            _n(an.fmt_int(r.request_bytes.get("grpc"))),
+            Cell(row.model + (" (client-bound)" if row.client_bound else "")),
+            Cell(w.variant(row.variant)),
+            _n(w.fmt_key(row.concurrency)),
         ]
-        cells += [_n(an.fmt_int(r.request_bytes.get(t))) for t in c.rest]
-        cells += [_n(an.fmt_ratio(r.rps_ratio.get(t))) for t in c.rest]
-        cells += [_n(an.fmt_ratio(r.p50_ratio.get(t))) for t in c.rest]
+        cells += [_n(w.fmt_int(row.request_bytes.get(t))) for t in (*c.grpc, *c.rest)]
+        cells += [_n(w.fmt_ratio(row.rps_ratio.get(pair))) for pair in c.pairs]
+        cells += [_n(w.fmt_ratio(row.p50_ratio.get(pair))) for pair in c.pairs]
         table.rows.append(cells)
     return table
 
 
-def _comparison_table(comp: an.Comparison) -> Table:
+def _comparison_table(comp: an.Comparison, tr: an.Transports) -> Table:
     from wiremark.reports import analysis as an
+    from wiremark.reports import wording as w
 
     tags = an.run_tags(comp.runs)
-    metrics = (("p50_ms", "p50 ms", True), ("p99_ms", "p99 ms", True), ("rps", "req/s", False))
+    metrics = (("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"), ("rps", "req/s"))
     headers = _key_headers(False)
-    for _, label, _ in metrics:
+    for _, label in metrics:
         headers += [_h(f"{label} {tag}", True) for tag in tags]
         headers += [_h(f"Δ {tag}", True) for tag in tags[1:]]
     table = Table(headers)
     for row in comp.rows:
         cells = [
             Cell(row["model"]),
-            Cell(an.transport_name(row["transport"])),
-            Cell(row["load"]),
-            Cell(row["variant"]),
+            Cell(tr.label(row["transport"])),
+            Cell(w.load(row)),
+            Cell(w.variant(row["variant"])),
         ]
-        for metric, _, worse_if_up in metrics:
+        for metric, _ in metrics:
             for run in comp.runs:
                 v = row["runs"][run]
-                cells.append(_n(an.fmt_num(v[metric]), "" if v["valid"] else "flag"))
+                cells.append(_n(w.fmt_num(v[metric]), "" if v["valid"] else "flag"))
             for run in comp.runs[1:]:
-                change = row["runs"][run][f"{metric}_change"]
-                cells.append(_change_cell(change, worse_if_up, an.WITHIN))
+                v = row["runs"][run]
+                cells.append(_change_cell(v[f"{metric}_change"], v[f"{metric}_judgement"]))
         table.rows.append(cells)
     return table
 
 
-def _validity_table(validity: an.Validity, multi: bool) -> Table | None:
+def _validity_table(validity: an.Validity, multi: bool, tr: an.Transports) -> Table | None:
     from wiremark.reports import analysis as an
+    from wiremark.reports import wording as w
 
     if validity.rows.empty:
         return None
@@ -315,30 +317,35 @@ def _validity_table(validity: an.Validity, multi: bool) -> Table | None:
         cells = [Cell(an.run_tag(row))] if multi else []
         cells += [
             Cell(row["model"]),
-            Cell(an.transport_name(row["transport"])),
-            Cell(row["load"]),
-            Cell(row["variant"]),
+            Cell(tr.label(row["transport"])),
+            Cell(w.load(row)),
+            Cell(w.variant(row["variant"])),
             _n(str(row["trials"])),
             _n(str(row["invalid_trials"]), "fail" if row["invalid_trials"] else ""),
             _n(
-                an.fmt_int(row["errors"]),
-                "fail" if an.is_num(row["errors"]) and row["errors"] else "",
+                w.fmt_int(row["errors"]),
+                "fail" if w.is_num(row["errors"]) and row["errors"] else "",
             ),
             _n(str(row["client_bound_trials"]), "flag" if row["client_bound_trials"] else ""),
-            _n(an.fmt_int(row["min_requests"])),
-            Cell(row["reasons"], "wrap"),
+            _n(w.fmt_int(row["min_requests"])),
+            Cell(w.validity_reasons(row), "wrap"),
         ]
         table.rows.append(cells)
     return table
 
 
-def _conformance_view(m: an.ConformanceMatrix, heading: str) -> dict[str, Any]:
-    from wiremark.reports import analysis as an
+def _conformance_view(m: an.ConformanceMatrix, heading: str, tr: an.Transports) -> dict[str, Any]:
+    from wiremark.reports import wording as w
 
-    view: dict[str, Any] = {"run": heading, "note": m.note, "table": None, "banner": ""}
+    view: dict[str, Any] = {
+        "run": heading,
+        "note": w.conformance_note(m),
+        "table": None,
+        "banner": "",
+    }
     if not m.cells:
         return view
-    table = Table([_h("model")] + [_h(an.transport_name(t)) for t in m.transports], cls="conf")
+    table = Table([_h("model")] + [_h(tr.label(t)) for t in m.transports], cls="conf")
     for model in m.models:
         row = [Cell(model)]
         for t in m.transports:
@@ -347,20 +354,12 @@ def _conformance_view(m: an.ConformanceMatrix, heading: str) -> dict[str, Any]:
                 row.append(Cell("—"))
                 continue
             cls = "pass" if c.ok else "fail" if c.ok is False else ""
-            text = c.status or "not checked"
-            if c.ok is False and c.status == "pass":
-                text = "pass, but sampled replies differ"
-            row.append(Cell(text, cls, "; ".join(x for x in (c.detail, c.sampled) if x)))
+            row.append(Cell(w.conformance_status(c), cls, w.conformance_detail(c)))
         table.rows.append(row)
     view["table"] = table
-    failed = [f"{mo}/{an.transport_name(t)}" for (mo, t), c in m.cells.items() if c.ok is False]
-    checked = sum(1 for c in m.cells.values() if c.ok is not None)
-    if failed:
-        view["banner"] = f"Conformance FAILED for {', '.join(failed)}."
-        view["banner_cls"] = "bad"
-    elif checked:
-        view["banner"] = f"All {checked} model × transport pairs conform."
-        view["banner_cls"] = "ok"
+    banner, level = w.conformance_banner(m, tr)
+    if banner:
+        view["banner"], view["banner_cls"] = banner, level
     return view
 
 
@@ -375,6 +374,9 @@ def _environment_rows(run: records.Run) -> dict[str, Any]:
         "finished": meta.get("finished") or "not finished (cut short, or still running)",
         "commit": meta.get("commit"),
     }
+    for t in run.transports:
+        rest = {k: v for k, v in t.items() if k != "name"}
+        rows[f"transports.{t['name']}"] = " · ".join(str(v) for v in rest.values() if v)
     sections = ("machine", "versions", "placement", "settings", "scenario")
     for section in sections:
         value = meta.get(section)
@@ -382,7 +384,7 @@ def _environment_rows(run: records.Run) -> dict[str, Any]:
             rows.update({f"{section}.{k}": v for k, v in value.items()})
         else:
             rows[section] = value
-    known = {"cells", "conformance", *rows, *sections}
+    known = {"cells", "conformance", "transports", *rows, *sections}
     rows.update({k: v for k, v in meta.items() if k not in known})
     return rows
 
@@ -390,6 +392,7 @@ def _environment_rows(run: records.Run) -> dict[str, Any]:
 def _environment_table(runs: Sequence[records.Run], names: Sequence[str]) -> Table:
     """One row per field, one column per run; values that differ from the baseline marked."""
     from wiremark.reports import analysis as an
+    from wiremark.reports import wording as w
 
     per_run = [_environment_rows(run) for run in runs]
     fields = list(dict.fromkeys(k for rows in per_run for k in rows))
@@ -400,7 +403,7 @@ def _environment_table(runs: Sequence[records.Run], names: Sequence[str]) -> Tab
     ]
     table = Table(headers, cls="kv")
     for key in fields:
-        values = [an.compact(rows.get(key)) for rows in per_run]
+        values = [w.compact(rows.get(key)) for rows in per_run]
         row = [Cell(key)]
         for i, value in enumerate(values):
             differs = multi and i > 0 and value != values[0] and key not in ("file", "run_id")
@@ -439,10 +442,12 @@ def build_html(runs: Sequence[records.Run]) -> str:
     from wiremark import __version__
     from wiremark.reports import analysis as an
     from wiremark.reports import plots
+    from wiremark.reports import wording as w
     from wiremark.reports.template import TEMPLATE
 
     names = an.run_names(runs)
     multi = len(runs) > 1
+    tr = an.transports(runs)
     df = an.cells_frame(runs)
     med = an.medians(df)
     valid_med = an.medians(df, valid_only=True)
@@ -480,11 +485,11 @@ def build_html(runs: Sequence[records.Run]) -> str:
                 "run": heading[name],
                 "verdicts": [
                     {
-                        "context": v.context,
-                        "text": v.text,
-                        "notes": v.notes,
-                        "against_baseline": v.against_baseline,
-                        "table": _verdict_table(v),
+                        "context": w.verdict_context(v),
+                        "text": w.verdict_text(v, tr),
+                        "notes": w.verdict_notes(v, tr),
+                        "against_baseline": w.against_baseline(v, tr),
+                        "table": _verdict_table(v, tr),
                     }
                     for v in mine
                 ],
@@ -494,21 +499,24 @@ def build_html(runs: Sequence[records.Run]) -> str:
     claims = [
         {
             "run": heading[c.run],
-            "answer": c.answer,
-            "per_model": c.per_model,
-            "crossovers": c.crossovers,
-            "table": _claim_table(c),
+            "answer": w.claim_answer(c, tr),
+            "per_model": w.claim_per_model(c, tr),
+            "crossovers": w.crossovers(c, tr),
+            "crossover_heading": w.crossover_heading(c, tr),
+            "table": _claim_table(c, tr),
         }
-        for c in an.claims(valid_med, names)
+        for c in an.claims(valid_med, names, tr)
     ]
 
     comparison = None
     if multi:
-        comp = an.comparison(med, names)
+        comp = an.comparison(med, names, an.judgements(runs))
         comparison = {
             "baseline": comp.baseline,
-            "summaries": comp.summaries,
-            "table": _comparison_table(comp),
+            "summaries": w.comparison_summaries(comp),
+            "rules": w.gate_rules(comp),
+            "alpha": f"{comp.alpha:g}",
+            "table": _comparison_table(comp, tr),
         }
 
     validity = an.validity(df)
@@ -520,22 +528,24 @@ def build_html(runs: Sequence[records.Run]) -> str:
         "runs": header,
         "multi": multi,
         "ci_level": an.CI_LEVEL,
-        "within": f"{an.WITHIN:.0%}",
+        "within": w.within(),
+        "grpc_side": w.grpc_side(tr),
+        "ratios_of": w.claim_ratios_of(tr),
         "verdict_groups": verdict_groups,
         "claims": claims,
         "comparison": comparison,
-        "plots": plots.all_plots(df, names),
+        "plots": plots.all_plots(df, names, tr),
         "conformance": [
-            _conformance_view(an.conformance(run, name, df), heading[name])
+            _conformance_view(an.conformance(run, name, df, tr), heading[name], tr)
             for name, run in zip(names, runs, strict=True)
         ],
         "validity": {
-            "summary": validity.summary,
+            "summary": w.validity_summary(validity),
             "level": validity.level,
             "count": len(validity.rows),
-            "table": _validity_table(validity, multi),
+            "table": _validity_table(validity, multi, tr),
         },
-        "cells_tables": _cells_tables(med, multi),
+        "cells_tables": _cells_tables(med, multi, tr),
         "environment": _environment_table(runs, names),
         "tags": [
             {"tag": tag, "run": name, "baseline": i == 0}

@@ -49,6 +49,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .fail { color: var(--bad); font-weight: 700; }
 .worse { color: var(--bad); font-weight: 600; }
 .better { color: var(--good); font-weight: 600; }
+.judged-not { color: var(--muted); }
 .flag { color: var(--warn); font-weight: 600; }
 .banner { padding: 8px 14px; border-radius: 6px; margin: 8px 0; font-weight: 600; }
 .banner.ok { background: #e6f4ea; color: var(--good); }
@@ -122,14 +123,14 @@ where there are several; a difference under {{ within }} is reported as “withi
 <section id="claim">
 <h2>Is gRPC 7–10× faster than REST?</h2>
 <p class="muted">The tutorials' claim, checked against these measurements: for each model,
-payload and concurrency (closed loop, valid cells, medians across trials), gRPC's throughput
-and p50 as a ratio of JSON's and MessagePack's. Throughput above 1× and p50 below 1× favour
-gRPC. “Beats” means at least {{ within }} more requests per second.</p>
+payload and concurrency (closed loop, valid cells, medians across trials), {{ grpc_side }}'s
+throughput and p50 as a ratio of {{ ratios_of }}. Throughput above 1× and p50 below 1× favour
+{{ grpc_side }}. “Beats” means at least {{ within }} more requests per second.</p>
 {% for c in claims %}
 {% if multi %}<h3>{{ c.run }}</h3>{% endif %}
 <p class="answer">{{ c.answer }}</p>
 {% if c.per_model %}<ul>{% for line in c.per_model %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
-{% if c.crossovers %}<p><strong>Crossover</strong> (where gRPC starts to beat JSON):</p>
+{% if c.crossovers %}<p><strong>Crossover</strong> ({{ c.crossover_heading }}):</p>
 <ul>{% for line in c.crossovers %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
 {% if c.table %}{{ table(c.table) }}{% endif %}
 {% endfor %}
@@ -140,7 +141,10 @@ gRPC. “Beats” means at least {{ within }} more requests per second.</p>
 <h2>Comparison of runs</h2>
 <p class="muted">Each cell (same model, transport, load and payload) in every run, medians
 across trials; changes against the baseline <strong>{{ comparison.baseline }}</strong>.
-Red: worse by more than {{ within }} (p50/p99 up, throughput down); green: better.</p>
+Red: a regression as <code>wiremark gate</code> judges it with its default rules
+({{ comparison.rules }}): a change beyond the rule's threshold, significant at alpha
+{{ comparison.alpha }} over the trials; green: an improvement, judged the same way; “not
+judged”: too few trials to tell; uncoloured: neither, or no rule for that column.</p>
 <ul>{% for s in comparison.summaries %}<li>{{ s }}</li>{% endfor %}</ul>
 <p>Columns: {% for t in tags -%}
 <strong>{{ t.tag }}</strong> = {{ t.run }}{% if t.baseline %} (baseline){% endif %}

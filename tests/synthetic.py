@@ -3,7 +3,8 @@
 The figures are plausible, not measured: latency grows with concurrency and payload, gRPC
 is a little faster than MessagePack, which is a little faster than JSON. `slowdown` scales
 every latency (and divides throughput), as a regression would; `noise` is the relative
-spread between trials.
+spread between trials. The files are schema 2, as `bench` writes them: the run's
+`transports`, and `transport_tax_ms` in every cell.
 """
 
 from __future__ import annotations
@@ -14,10 +15,47 @@ from typing import Any
 
 import numpy as np
 
-from wiremark.reports.records import CELL_FIELDS, RESULTS_JSON, SCHEMA_VERSION
+from wiremark.reports.records import (
+    CELL_FIELDS,
+    RESULTS_JSON,
+    SCHEMA_VERSION,
+    WIRE_GRPC,
+    WIRE_HTTP1,
+    transport_tax,
+)
 
 MODELS = {"iris": (0.35, 90, 60), "mnist": (0.9, 1100, 120), "face": (45.0, 21000, 300)}
 SPEED = {"grpc": 1.0, "msgpack": 1.08, "json": 1.3}
+# The run document's "transports", as `bench` writes them (payloads/transport.py).
+TRANSPORTS = [
+    {
+        "name": "grpc",
+        "label": "gRPC",
+        "short_label": "gRPC",
+        "wire": WIRE_GRPC,
+        "server": "grpcio",
+        "api": "wiremark",
+        "media_type": "application/grpc",
+    },
+    {
+        "name": "json",
+        "label": "JSON",
+        "short_label": "JSON",
+        "wire": WIRE_HTTP1,
+        "server": "fastapi",
+        "api": "wiremark",
+        "media_type": "application/json",
+    },
+    {
+        "name": "msgpack",
+        "label": "MessagePack",
+        "short_label": "MsgPack",
+        "wire": WIRE_HTTP1,
+        "server": "fastapi",
+        "api": "wiremark",
+        "media_type": "application/msgpack",
+    },
+]
 
 
 def meta(run_id: str) -> dict[str, Any]:
@@ -30,6 +68,7 @@ def meta(run_id: str) -> dict[str, Any]:
         "machine": {"hostname": "test", "platform": "Linux", "cpu_model": "x", "cpus": 2},
         "versions": {"python": "3.11", "grpcio": "1.85.1", "protobuf": "7.35.1"},
         "placement": {"server_cpus": "0", "client_cpus": "1", "note": "synthetic"},
+        "transports": [dict(t) for t in TRANSPORTS],
         "settings": {"grpc": "threads", "json": "uvicorn+uvloop+httptools"},
     }
 
@@ -87,6 +126,7 @@ def cell(
         "client_encode_ms": 0.01,
         "client_decode_ms": 0.01,
         "inprocess_ms": base * 0.3,
+        "transport_tax_ms": transport_tax(p50, base * 0.3),
         "processes": 1,
         "client_bound": False,
         "scaling": "server-bound",

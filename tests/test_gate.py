@@ -44,11 +44,12 @@ def edit(doc: dict[str, Any], fn: Callable[[dict[str, Any]], None], **match: Any
 
 def add_delay(doc: dict[str, Any], ms: float) -> dict[str, Any]:
     """Every latency `ms` higher, as `bench --inject-delay-ms` would; closed-loop throughput
-    falls to match (users / latency)."""
+    falls to match (users / latency), and the transport tax grows with the p50."""
     for c in doc["cells"]:
         old_mean = c["mean_ms"]
         for name in LATENCY:
             c[name] += ms
+        c["transport_tax_ms"] = records.transport_tax(c["p50_ms"], c["inprocess_ms"])
         if c["mode"] == "closed":
             c["rps"] = round(c["rps"] * old_mean / c["mean_ms"], 1)
     return doc
@@ -68,6 +69,8 @@ def add_delay(doc: dict[str, Any], ms: float) -> dict[str, Any]:
         ("max:+50%", "max_ms", 1, 50.0),
         ("server_cpu:+10%", "server_cpu_ms", 1, 10.0),
         ("client_cpu:+.5%", "client_cpu_ms", 1, 0.5),
+        ("tax:+10%", "transport_tax_ms", 1, 10.0),
+        ("transport_tax_ms:+5%", "transport_tax_ms", 1, 5.0),
         ("p99_ms:+10%", "p99_ms", 1, 10.0),
     ],
 )
@@ -98,6 +101,7 @@ def test_rule_semantics_and_defaults() -> None:
         ("latency:+10%", "unknown field 'latency'"),
         ("rps:+5%", "write rps:-5%"),
         ("p99:-10%", "write p99:+10%"),
+        ("tax:-10%", "write tax:+10%"),
     ],
 )
 def test_bad_rules(text: str, says: str) -> None:
@@ -207,6 +211,32 @@ def test_injected_delay_fails_small_models_only(tmp_path: Path) -> None:
     assert regressed == {"iris", "mnist"}
     face = [c for c in verdict.comparisons if c.key["model"] == "face" and c.rule.name == "p99"]
     assert face and all(c.verdict == gate.UNCHANGED and c.change_pct < 10 for c in face)
+
+
+def test_transport_tax_rule(tmp_path: Path) -> None:
+    """`tax:+N%` gates the transport tax (p50 minus in-process): +2 ms on every latency adds
+    far more than 10% to the sub-millisecond models' tax, under 10% to face's 35 ms."""
+    base = load(run_doc(trials=5, noise=0.02, seed=3), tmp_path, "base")
+    cur = load(add_delay(run_doc(trials=5, noise=0.02, seed=4), 2.0), tmp_path, "slow")
+    verdict = gate.evaluate(base, cur, ["tax:+10%"])
+    assert verdict.exit_status == 1 and len(verdict.comparisons) == 27
+    assert {c.rule.column for c in verdict.comparisons} == {"transport_tax_ms"}
+    assert {c.key["model"] for c in verdict.regressions} == {"iris", "mnist"}
+    assert "REGRESSION tax:+10% iris/grpc closed c=1 batch=1 raw" in verdict.summary()
+
+
+def test_schema_1_files_gate_on_tax(tmp_path: Path) -> None:
+    """A schema-1 baseline (no transport_tax_ms recorded) is gated on the tax all the same:
+    `records.load` fills it in from p50 and in-process."""
+    old = run_doc(trials=5, noise=0.02, seed=3)
+    old["schema_version"] = 1
+    del old["transports"]
+    for c in old["cells"]:
+        del c["transport_tax_ms"]
+    base = load(old, tmp_path, "old")
+    cur = load(run_doc(trials=5, noise=0.02, seed=4), tmp_path, "new")
+    verdict = gate.evaluate(base, cur, ["tax:+10%"])
+    assert verdict.passed and len(verdict.comparisons) == 27
 
 
 def test_improvement(tmp_path: Path) -> None:
@@ -427,9 +457,10 @@ def test_cli_unusable_files(files: dict[str, Path]) -> None:
     missing = wiremark("gate", "--baseline", tmp / "nope.json", "--current", files["same"])
     assert missing.returncode == 2 and "no such result file" in missing.stderr
     other = tmp / "other.json"
-    other.write_text(json.dumps({"schema_version": 2, "cells": []}))
+    other.write_text(json.dumps({"schema_version": 3, "cells": []}))
     schema = wiremark("gate", "--baseline", files["base"], "--current", other)
-    assert schema.returncode == 2 and "schema_version 2" in schema.stderr
+    assert schema.returncode == 2
+    assert "schema_version 3; this wiremark reads 1 and 2" in schema.stderr
     for result in (missing, schema):
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 

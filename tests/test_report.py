@@ -116,8 +116,10 @@ def test_comparison_report(rendered: dict[str, Path]) -> None:
     # The second run is 30% slower everywhere: the comparison says so, cell by cell.
     change = re.search(r"median change p50 \+(\d+\.\d)%, throughput -(\d+\.\d)%", html)
     assert change and 20 < float(change[1]) < 40 and 15 < float(change[2]) < 30
-    assert "27 cells worse by more than 5%" in html
-    assert html.count('class="num worse"') >= 27 * 3
+    # Red where `wiremark gate` finds a regression: p99 and rps (its default rules) in every
+    # cell; p50 has no default rule, so its changes stay uncoloured.
+    assert "27 cells worse as the gate judges them (p99:+10%, rps:-5%" in html
+    assert html.count('class="num worse"') == 27 * 2
     assert "Against the baseline before, same cell: gRPC -" in html
     assert html.count("<svg") == len(PLOTS)
     assert all("<svg" in svg for svg in figures(html).values())
@@ -159,6 +161,147 @@ def test_sparse_results_are_handled(tmp_path: Path) -> None:
     empty = records.Run(tmp_path / "empty.json", {"schema_version": 1, "run_id": "empty"})
     html = report.render([empty], tmp_path / "empty.html").read_text()
     assert "No cells in this run." in html and "<svg" not in html
+
+
+CELL = re.compile(r'<td(?: class="([^"]*)")?>([^<]*)(?:<span class="detail">([^<]*)</span>)?</td>')
+
+
+def comparison_rows(html: str) -> dict[tuple[str, ...], list[tuple[str, str, str]]]:
+    """The comparison table: (model, transport, load, payload) -> its cells after those, each
+    (class, text, detail)."""
+    section = html[html.index('id="comparison"') : html.index('id="plots"')]
+    rows = {}
+    for row in re.findall(r"<tr>(<td.*?)</tr>", section):
+        cells = CELL.findall(row)
+        rows[tuple(text for _, text, _ in cells[:4])] = cells[4:]
+    return rows
+
+
+def test_comparison_colours_follow_the_gate(tmp_path: Path) -> None:
+    """A change is red exactly where `wiremark gate` (default rules and alpha) finds a
+    regression: p99 +30% over 5 trials a side is one; the same rise over 1 trial a side
+    cannot be judged, so it stays neutral ("not judged") and the gate passes it."""
+    base = synthetic.run_doc(run_id="base", trials=5, seed=3)
+    base["cells"] = [
+        c
+        for c in base["cells"]
+        if c["model"] == "iris"
+        and c["mode"] == "closed"
+        and (c["trial"] == 0 or (c["transport"], c["concurrency"]) != ("msgpack", 8))
+    ]
+    cur = json.loads(json.dumps(base))
+    cur["run_id"] = "cur"
+    raised = 0
+    for c in cur["cells"]:
+        if c["concurrency"] == 8 and c["transport"] in ("grpc", "msgpack"):
+            c["p99_ms"] *= 1.3
+            raised += 1
+    assert raised == 5 + 1
+    paths = [synthetic.write_doc(tmp_path / name, doc) for name, doc in (("b", base), ("c", cur))]
+    html = report.write_report(paths, tmp_path / "report.html").read_text()
+
+    rows = comparison_rows(html)
+    # after the keys: p50 A, p50 B, Δ, p99 A, p99 B, Δ, rps A, rps B, Δ
+    significant = rows["iris", "gRPC", "8 users", "batch 1"]
+    assert significant[5][:2] == ("num worse", "+30.0%")
+    too_few = rows["iris", "MessagePack", "8 users", "batch 1"]
+    assert too_few[5] == ("num judged-not", "+30.0%", "not judged")
+    assert too_few[8][0] == "num judged-not"  # rps: 1 trial too
+    assert too_few[2][0] == significant[2][0] == "num"  # p50: no default rule, not coloured
+    assert html.count('class="num worse"') == 1 and 'class="num better"' not in html
+    assert "1 cells worse as the gate judges them" in html and "1 not judged" in html
+
+    # The gate, on the same files, fails on that cell only and does not judge the other.
+    out = tmp_path / "gate.json"
+    result = wiremark("gate", "--baseline", paths[0], "--current", paths[1], "--json", out)
+    assert result.returncode == 1, result.stderr
+    verdict = json.loads(out.read_text())
+    assert [(r["cell"], r["rule"]) for r in verdict["regressions"]] == [
+        ("iris/grpc closed c=8 batch=1 raw", "p99:+10%")
+    ]
+    assert {(r["cell"], r["rule"]) for r in verdict["insufficient"]} == {
+        ("iris/msgpack closed c=8 batch=1 raw", "p99:+10%"),
+        ("iris/msgpack closed c=8 batch=1 raw", "rps:-5%"),
+    }
+
+
+def test_schema_1_file_still_loads(tmp_path: Path) -> None:
+    """A schema-1 file (no "transports", no transport_tax_ms) loads, gets its transport tax
+    filled in and the transports it had then, and renders as before."""
+    doc = synthetic.run_doc(run_id="old", trials=1)
+    doc["schema_version"] = 1
+    del doc["transports"]
+    for c in doc["cells"]:
+        del c["transport_tax_ms"]
+    path = synthetic.write_doc(tmp_path / "old", doc)
+
+    run = records.load(path)
+    assert run.meta["schema_version"] == 1
+    assert run.transports == [dict(t) for t in records.LEGACY_TRANSPORTS]
+    assert [t["name"] for t in run.transports] == ["grpc", "json", "msgpack"]
+    for c in run.cells:
+        assert c["transport_tax_ms"] == round(c["p50_ms"] - c["inprocess_ms"], 4)
+    # what it had then is what the current synthetic run says of its transports
+    assert run.transports == synthetic.TRANSPORTS
+
+    html = report.render([run], tmp_path / "old.html").read_text()
+    assert re.search(r"gRPC serves 1\.\d\d× the requests of JSON", html)
+    assert re.search(r"No: at most 1\.3\d× here", html)
+    assert ">MessagePack<" in html and "body B MsgPack" in html
+    cells = html[html.index('id="cells"') : html.index('id="environment"')]
+    assert "transport tax" in cells
+    tax = cells[cells.index("transport tax") :]
+    assert "—" not in tax[: tax.index("</table>")]  # every tax figure filled in
+    assert html.count("<svg") == len(PLOTS)
+
+
+def test_transport_tax_is_recorded(tmp_path: Path) -> None:
+    assert records.transport_tax(1.23456789, 0.2) == 1.0346
+    assert records.transport_tax(None, 0.2) is None and records.transport_tax(1.0, None) is None
+    assert records.transport_tax(float("nan"), 0.2) is None
+    i = records.CELL_FIELDS.index("inprocess_ms")
+    assert records.CELL_FIELDS[i + 1] == "transport_tax_ms"
+    assert records.PERCENTILE_FIELDS == ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms")
+    writer = records.ResultWriter(tmp_path, {"run_id": "w", "transports": synthetic.TRANSPORTS})
+    writer.add_cell({"model": "iris", "transport": "grpc", "p50_ms": 0.5, "inprocess_ms": 0.1})
+    writer.add_cell({"model": "iris", "transport": "json", "p50_ms": 0.5})
+    run = records.load(tmp_path)
+    assert run.meta["schema_version"] == records.SCHEMA_VERSION == 2
+    assert [c["transport_tax_ms"] for c in run.cells] == [0.4, None]
+    assert run.transports == synthetic.TRANSPORTS
+
+
+def test_transports_come_from_the_file(tmp_path: Path) -> None:
+    """Labels, order and wires are the file's: relabelled and reordered transports, a second
+    gRPC-wire transport, and one the file does not describe (last, labelled by its name)."""
+    doc = synthetic.run_doc(run_id="plugins", trials=1)
+    grpc, json_, msgpack = (dict(t) for t in synthetic.TRANSPORTS)
+    json_["label"] = json_["short_label"] = "REST-JSON"
+    tfs = {**grpc, "name": "tfs", "label": "TF Serving", "short_label": "TFS", "api": "tfserving"}
+    doc["transports"] = [msgpack, grpc, tfs, json_]
+    extra = []
+    for c in doc["cells"]:
+        if c["transport"] == "grpc":
+            extra.append({**c, "transport": "tfs", "rps": c["rps"] * 0.5})
+            extra.append({**c, "transport": "mystery"})
+    doc["cells"] += extra
+    run = records.load(synthetic.write_doc(tmp_path / "p", doc))
+    html = report.render([run], tmp_path / "p.html").read_text()
+
+    assert "REST-JSON" in html and ">JSON<" not in html
+    assert "of MessagePack&#39;s and REST-JSON&#39;s" in html  # the claim's REST side, in order
+    # Crossovers are against the first HTTP/1.1 transport in the file's order: MessagePack.
+    assert "gRPC/TF Serving starts to beat MessagePack" in html
+    assert "iris, batch 1: gRPC beats MessagePack at every concurrency measured" in html
+    assert "iris, batch 1: TF Serving does not beat MessagePack at any concurrency" in html
+    assert "req/s TFS÷MsgPack" in html and "req/s gRPC÷REST-JSON" in html
+    # The conformance matrix and the tables follow the file's order, the stranger last.
+    conformance = html[html.index('id="conformance"') : html.index('id="validity"')]
+    heads = re.findall(r"<th>([^<]+)</th>", conformance)
+    assert heads == ["model", "MessagePack", "gRPC", "TF Serving", "REST-JSON", "mystery"]
+    cells = html[html.index('id="cells"') : html.index('id="environment"')]
+    first = re.findall(r"<tr><td>iris</td><td>([^<]+)</td><td>1 user</td>", cells)[:5]
+    assert first == ["MessagePack", "gRPC", "TF Serving", "REST-JSON", "mystery"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -334,7 +477,7 @@ def test_cli_writes_the_report(rendered: dict[str, Path], tmp_path: Path) -> Non
     ("content", "message"),
     [
         (None, "no such result file"),
-        ('{"schema_version": 99, "cells": []}', "schema_version 99; this wiremark reads 1"),
+        ('{"schema_version": 99, "cells": []}', "schema_version 99; this wiremark reads 1 and 2"),
         ("not json", "not a wiremark result file"),
     ],
 )

@@ -20,6 +20,20 @@ class UsageError(Exception):
     """A problem with what the user asked for; printed without a traceback."""
 
 
+class _KeepOut:
+    """An import hook under which the named top-level packages are not installed, as far as
+    this process can tell: their import raises ImportError, and they never enter
+    sys.modules (scikit-learn takes a package in sys.modules, even None, as imported)."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = frozenset(names)
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name.partition(".")[0] in self.names:
+            raise ImportError(f"{name} is kept out of this process")
+        return None
+
+
 def _models(text: str) -> tuple[str, ...]:
     from wiremark.servers.runner import models
 
@@ -114,6 +128,10 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    # Keras imports pandas whenever it can (for DataFrame inputs, which never reach a model
+    # server); the process being measured does without it.
+    if "pandas" not in sys.modules:
+        sys.meta_path.insert(0, _KeepOut("pandas"))
     from wiremark.servers.serve import ServeOptions, serve
     from wiremark.servers.service import ServiceConfig
 
