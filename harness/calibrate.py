@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import psutil
 from wiremark.payloads import transport as transports
 
 from .cell import CLIENT_BOUND
-from .launch import ServerProcess
+from .launch import ServerProcess, ServerStartError, running
 from .loadgen import (
     LoadError,
     LoadGenerator,
@@ -39,6 +38,7 @@ from .loadgen import (
     placement,
     target,
 )
+from .protocol import CellRequest, CellResult
 
 MODEL = "iris"
 
@@ -57,35 +57,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def harness_sample(
     transport: str, server: ServerProcess, users: int, duration: int, cpu: str | None
 ) -> Sample:
-    """One Locust cell (`harness/cell.py`) in its own process, pinned to `cpu`."""
-    address = server.address
-    argv = [sys.executable, "-m", "wiremark.harness.cell", "--transport", transport]
-    argv += [
-        "--address",
-        address,
-        "--model",
-        MODEL,
-        "--users",
-        str(users),
-        "--duration",
-        str(duration),
-    ]
-    if cpu is not None:
-        argv = ["taskset", "-c", cpu, *argv]
+    """One Locust cell (`harness/cell.py`) in its own process, pinned to `cpu`, asked for
+    through the same protocol as bench's cells."""
+    request = CellRequest(transport, server.address, MODEL, users=users, duration=duration)
     assert server.proc is not None
     server_proc = psutil.Process(server.proc.pid)
     server_before, start = sum(server_proc.cpu_times()[:2]), time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 120, check=False)
+    done = subprocess.run(
+        request.argv(cpu), capture_output=True, text=True, timeout=duration + 120, check=False
+    )
     server_cpu = (sum(server_proc.cpu_times()[:2]) - server_before) / (time.perf_counter() - start)
-    if done.returncode != 0:
-        raise LoadError(f"harness cell failed: {done.stderr.strip()[-400:]}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    if out["errors"] or not out["requests"]:
-        raise LoadError(
-            f"harness cell {transport}: {out['requests']} requests, {out['errors']} errors"
-        )
+    try:
+        if done.returncode != 0:
+            raise ValueError(f"exit {done.returncode}")
+        out = CellResult.from_output(done.stdout)
+    except ValueError:
+        raise LoadError(f"harness cell failed: {done.stderr.strip()[-400:]}") from None
+    if out.errors or not out.requests or out.p50 is None:
+        raise LoadError(f"harness cell {transport}: {out.requests} requests, {out.errors} errors")
     # server CPU over the cell's whole process life (warm-up and start-up included)
-    return Sample(out["rps"], out["p50"], out["requests"], server_cpu, out["client_cpu"])
+    return Sample(out.rps, out.p50, out.requests, server_cpu, out.client_cpu)
 
 
 @dataclass
@@ -112,21 +103,19 @@ def run(args: argparse.Namespace) -> int:
     server_cpu, client_cpu = placement()
     log(f"wiremark calibrate: {MODEL}, servers on core {server_cpu}, load on core {client_cpu}")
     try:
-        with tempfile.TemporaryDirectory(prefix="wiremark-calibrate-") as tmp, ExitStack() as stack:
-            names = transports.names()
-            servers = {t: ServerProcess(t, ("--models", MODEL), server_cpu) for t in names}
-            for server in servers.values():
-                stack.callback(server.stop)
-                server.start()
-            for server in servers.values():
-                server.wait_ready()
+        names = transports.names()
+        servers = {t: ServerProcess(t, ("--models", MODEL), server_cpu) for t in names}
+        with (
+            tempfile.TemporaryDirectory(prefix="wiremark-calibrate-") as tmp,
+            running(servers.values()),
+        ):
             loadgen = LoadGenerator(Path(tmp), server_cpu, client_cpu)
             targets = {}
             for t, server in servers.items():
                 targets[t] = target(server, t, Path(tmp), MODEL)
                 targets[t].verify(expected_class=0)  # iris row 0 is a setosa
             rows = [measure(t, targets[t], loadgen, args) for t in names]
-    except LoadError as exc:
+    except (LoadError, ServerStartError) as exc:
         print(f"wiremark: error: {exc}", file=sys.stderr)
         return 1
     if args.json:

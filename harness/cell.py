@@ -37,7 +37,6 @@ import argparse
 import base64
 import contextlib
 import itertools
-import json
 import os
 import random
 import resource
@@ -51,6 +50,7 @@ import numpy as np
 
 from wiremark.reports.records import PERCENTILES
 
+from .protocol import CellRequest, CellResult
 from .steal import CLOCK_TICKS, steal_ticks
 
 CLIENT_BOUND = 0.9  # the cell's CPU per core it has, above which the client is the bottleneck
@@ -105,7 +105,7 @@ class ServerWatch:
     def begin(self) -> None:
         self.start = self.cpu()
 
-    def end(self) -> dict[str, float | None]:
+    def end(self) -> dict[str, Any]:
         if self.proc is None:
             return {"server_cpu_s": None, "server_peak_rss_mb": None}
         used = self.cpu() - self.start
@@ -251,7 +251,7 @@ class Recorder:
             self.samples[self.rng.randrange(self.sample)] = kept
 
 
-def run_cell(args: argparse.Namespace) -> dict[str, Any]:
+def run_cell(args: CellRequest) -> CellResult:
     import gevent
     from locust.env import Environment
 
@@ -302,7 +302,7 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     after = resource.getrusage(resource.RUSAGE_SELF)
     steal_s = sum(steal_ticks(cores)) - sum(stolen)
     server = watch.end()
-    counts = open_loop.counts() if open_loop is not None else {"late": None, "dropped": None}
+    counts: dict[str, Any] = open_loop.counts() if open_loop else {"late": None, "dropped": None}
     if open_loop is not None:
         open_loop.stop()
     else:
@@ -311,16 +311,16 @@ def run_cell(args: argparse.Namespace) -> dict[str, Any]:
     out = summarise(recorder.latencies, recorder.errors, wall, recorder.bytes, cpu)
     if args.raw:
         np.save(args.raw, np.asarray(recorder.latencies, dtype=np.float64))
-    return {
+    return CellResult(
         **out,
         **server,
         **counts,
         **wire,
         # what the hypervisor took from this process's cores meanwhile: CPU it could not use
-        "steal_s": round(steal_s / CLOCK_TICKS, 4),
-        "first_error": recorder.first_error,
-        "samples": recorder.samples,
-    }
+        steal_s=round(steal_s / CLOCK_TICKS, 4),
+        first_error=recorder.first_error,
+        samples=recorder.samples,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    print(json.dumps(run_cell(args)))
+    request = CellRequest.from_namespace(build_parser().parse_args(argv))
+    print(run_cell(request).to_json())
     return 0
 
 

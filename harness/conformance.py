@@ -204,7 +204,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .launch import ServerProcess
+    from .launch import ServerProcess, running
 
     def say(cell: Cell) -> None:
         verdict = "pass" if cell.passed else f"FAIL ({len(cell.mismatches)})"
@@ -215,11 +215,7 @@ def run(args: argparse.Namespace) -> int:
         if not targets:
             models = ("--models", ",".join(args.models))
             procs = [ServerProcess(t, models) for t in transports.names()]
-            for proc in procs:
-                stack.callback(proc.stop)
-                proc.start()
-            for proc in procs:
-                proc.wait_ready()
+            stack.enter_context(running(procs))
             targets = {p.transport: p.address for p in procs}
         print(
             f"wiremark conform: {', '.join(args.models)} on {', '.join(targets)}", file=sys.stderr

@@ -14,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
@@ -106,3 +107,24 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextmanager
+def running(
+    procs: Iterable[ServerProcess],
+    ready_timeout: float = 120.0,
+    before_ready: Callable[[], None] | None = None,
+) -> Iterator[list[ServerProcess]]:
+    """The one way servers start here (bench, conform, calibrate, overhead): all at once,
+    so they load in parallel; `before_ready()` runs meanwhile; then each must say SERVING.
+    Every server started is stopped on the way out, Ctrl-C and errors included."""
+    procs = list(procs)
+    with ExitStack() as stack:
+        for proc in procs:
+            stack.callback(proc.stop)
+            proc.start()
+        if before_ready is not None:
+            before_ready()
+        for proc in procs:
+            proc.wait_ready(ready_timeout)
+        yield procs

@@ -22,7 +22,6 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 from wiremark.payloads import transport as transports
 from wiremark.payloads.samples import iris_rows
 
-from .launch import ServerProcess, ServerStartError
+from .launch import ServerProcess, ServerStartError, running
 from .loadgen import (
     LoadError,
     LoadGenerator,
@@ -113,7 +112,6 @@ class Bench:
 
     def __init__(self, tmp: Path, server_cpu: str | None, client_cpu: str | None, mode: str):
         self.loadgen = LoadGenerator(tmp, server_cpu, client_cpu)
-        self.stack = ExitStack()
         self.expected_class = -1
         self.transports = transports.names()
         mode_args = ("--grpc-mode", mode)  # the HTTP servers ignore it
@@ -130,28 +128,9 @@ class Bench:
             self.targets[t, "echo"] = target(echo, t, tmp, MODEL, echo=True)
             self.targets[t, "model"] = target(models[t], t, tmp, MODEL)
 
-    def __enter__(self) -> Bench:
-        try:
-            for server in self.servers:
-                self.stack.callback(server.stop)
-                server.start()
-        except BaseException as exc:  # Ctrl-C included: stop what did start
-            self.stack.close()
-            if isinstance(exc, ServerStartError):
-                raise LoadError(str(exc)) from None
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stack.close()
-
-    def wait_ready(self, expected_class: int) -> None:
+    def check(self, expected_class: int) -> None:
+        """Every target answers correctly (the model ones with the in-process class)."""
         self.expected_class = expected_class
-        try:
-            for server in self.servers:
-                server.wait_ready()
-        except ServerStartError as exc:
-            raise LoadError(str(exc)) from None
         self.verify_all()
 
     def verify_all(self) -> None:
@@ -227,14 +206,15 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM unwinds like Ctrl-C, so every server started is stopped.
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        with (
-            tempfile.TemporaryDirectory(prefix="wiremark-overhead-") as tmp,
-            Bench(Path(tmp), server_cpu, client_cpu, args.grpc_mode) as bench,
-        ):
-            inproc = InProcess(server_cpu)  # builds while the servers load
-            bench.wait_ready(inproc.predicted_class())
-            results = measure(bench, inproc, args.repeats, args.duration)
-    except LoadError as exc:
+        with tempfile.TemporaryDirectory(prefix="wiremark-overhead-") as tmp:
+            bench = Bench(Path(tmp), server_cpu, client_cpu, args.grpc_mode)
+            built: list[InProcess] = []
+            # the in-process model builds while the servers load
+            with running(bench.servers, before_ready=lambda: built.append(InProcess(server_cpu))):
+                inproc = built[0]
+                bench.check(inproc.predicted_class())
+                results = measure(bench, inproc, args.repeats, args.duration)
+    except (LoadError, ServerStartError) as exc:
         print(f"wiremark: error: {exc}", file=sys.stderr)
         return 1
     finally:

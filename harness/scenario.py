@@ -217,3 +217,19 @@ def parse(doc: dict[str, Any], default_name: str = "custom", origin: str = "scen
         if key in values and not isinstance(values[key], list):
             values[key] = [values[key]]
     return Scenario(**values).validate()
+
+
+def resolve_rate(
+    spec: CellSpec, best: dict[tuple[Any, ...], float], transports: list[str]
+) -> float | None:
+    """The open-loop rate of a cell in requests/s (None for a closed-loop cell, or when no
+    closed-loop figure to take a share of was measured): as given, or a share of the
+    closed-loop throughput of the slowest transport for this workload in this trial, so
+    every transport gets the same rate."""
+    if spec.mode == "closed":
+        return None
+    fraction = share(spec.rate)
+    if fraction is None:
+        return float(spec.rate)  # type: ignore[arg-type]
+    measured = [best[(spec.workload, t)] for t in transports if (spec.workload, t) in best]
+    return max(1.0, min(measured) * fraction) if measured else None

@@ -88,45 +88,33 @@ class ProtobufCodec:
 
 
 @dataclass(frozen=True)
-class JsonCodec:
-    """TF Serving's REST bodies as JSON (orjson); binary values as {"b64": ...}."""
+class RestCodec:
+    """TF Serving's REST bodies: JSON (orjson; binary values as {"b64": ...}), or with
+    `binary` MessagePack (binary values as `bin`, float32 kept as float32)."""
 
     media_type: str = JSON
+    binary: bool = False
+
+    def _parse(self, body: bytes) -> Any:
+        return rest.parse_body(body, MSGPACK if self.binary else JSON)
+
+    def _dump(self, value: Any) -> bytes:
+        return rest.dump_msgpack(value) if self.binary else rest.dump_json(value)
 
     def encode_request(
         self, family: Family, model: str, batch: Batch, encoding: PixelEncoding
     ) -> bytes:
-        return rest.dump_json(rest.encode_request(family, batch, binary=False, encoding=encoding))
+        return self._dump(rest.encode_request(family, batch, binary=self.binary, encoding=encoding))
 
     def decode_reply(self, family: Family, body: bytes) -> Prediction:
-        return rest.decode_prediction(family, rest.parse_body(body, JSON))
+        return rest.decode_prediction(family, self._parse(body))
 
     def decode_request(self, family: Family, body: Any, max_batch: int) -> Batch:
-        return rest.decode_request(family, rest.parse_body(body, JSON), max_batch)
+        return rest.decode_request(family, self._parse(body), max_batch)
 
     def encode_reply(self, prediction: Prediction) -> bytes:
-        return rest.dump_json(rest.encode_prediction(prediction))
-
-
-@dataclass(frozen=True)
-class MsgpackCodec:
-    """The same REST bodies as MessagePack: binary values as `bin`, float32 kept."""
-
-    media_type: str = MSGPACK
-
-    def encode_request(
-        self, family: Family, model: str, batch: Batch, encoding: PixelEncoding
-    ) -> bytes:
-        return rest.dump_msgpack(rest.encode_request(family, batch, binary=True, encoding=encoding))
-
-    def decode_reply(self, family: Family, body: bytes) -> Prediction:
-        return rest.decode_prediction(family, rest.parse_body(body, MSGPACK))
-
-    def decode_request(self, family: Family, body: Any, max_batch: int) -> Batch:
-        return rest.decode_request(family, rest.parse_body(body, MSGPACK), max_batch)
-
-    def encode_reply(self, prediction: Prediction) -> bytes:
-        return rest.dump_msgpack(rest.to_plain(rest.encode_prediction(prediction)))
+        reply = rest.encode_prediction(prediction)  # numpy values: orjson takes them as is
+        return rest.dump_msgpack(rest.to_plain(reply)) if self.binary else rest.dump_json(reply)
 
 
 @dataclass(frozen=True)
@@ -168,8 +156,10 @@ def register(transport: Transport) -> Transport:
 
 
 register(Transport("grpc", "gRPC", "gRPC", WIRE_GRPC, ProtobufCodec(), "grpcio"))
-register(Transport("json", "JSON", "JSON", WIRE_HTTP1, JsonCodec(), "fastapi"))
-register(Transport("msgpack", "MessagePack", "MsgPack", WIRE_HTTP1, MsgpackCodec(), "fastapi"))
+register(Transport("json", "JSON", "JSON", WIRE_HTTP1, RestCodec(JSON), "fastapi"))
+register(
+    Transport("msgpack", "MessagePack", "MsgPack", WIRE_HTTP1, RestCodec(MSGPACK, True), "fastapi")
+)
 
 
 _plugins_lock = threading.Lock()

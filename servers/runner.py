@@ -87,19 +87,24 @@ def _version(package: str) -> str:
     return "unknown"
 
 
+# what a model server reports in its metadata (bench adds the load side's packages)
+SERVER_PACKAGES = (
+    "tensorflow-cpu",
+    "keras",
+    "scikit-learn",
+    "mtcnn",
+    "numpy",
+    "grpcio",
+    "protobuf",
+    "fastapi",
+    "uvicorn",
+)
+
+
 @functools.cache  # package versions do not change while the process runs
-def versions() -> dict[str, str]:
-    packages = (
-        "tensorflow-cpu",
-        "keras",
-        "scikit-learn",
-        "mtcnn",
-        "numpy",
-        "grpcio",
-        "protobuf",
-        "fastapi",
-        "uvicorn",
-    )
+def versions(packages: tuple[str, ...] = SERVER_PACKAGES) -> dict[str, str]:
+    """Installed versions by package name ("unknown" where missing), the one look-up of
+    them here: TensorFlow's CPU wheel is reported as tensorflow."""
     return {p.replace("-cpu", ""): _version(p) for p in packages}
 
 

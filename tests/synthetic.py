@@ -15,47 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from wiremark.payloads import transport as registry
 from wiremark.reports.records import (
     CELL_FIELDS,
     RESULTS_JSON,
     SCHEMA_VERSION,
-    WIRE_GRPC,
-    WIRE_HTTP1,
     transport_tax,
 )
 
 MODELS = {"iris": (0.35, 90, 60), "mnist": (0.9, 1100, 120), "face": (45.0, 21000, 300)}
 SPEED = {"grpc": 1.0, "msgpack": 1.08, "json": 1.3}
-# The run document's "transports", as `bench` writes them (payloads/transport.py).
-TRANSPORTS = [
-    {
-        "name": "grpc",
-        "label": "gRPC",
-        "short_label": "gRPC",
-        "wire": WIRE_GRPC,
-        "server": "grpcio",
-        "api": "wiremark",
-        "media_type": "application/grpc",
-    },
-    {
-        "name": "json",
-        "label": "JSON",
-        "short_label": "JSON",
-        "wire": WIRE_HTTP1,
-        "server": "fastapi",
-        "api": "wiremark",
-        "media_type": "application/json",
-    },
-    {
-        "name": "msgpack",
-        "label": "MessagePack",
-        "short_label": "MsgPack",
-        "wire": WIRE_HTTP1,
-        "server": "fastapi",
-        "api": "wiremark",
-        "media_type": "application/msgpack",
-    },
-]
+# The run document's "transports", as `bench` writes them.
+TRANSPORTS = [registry.get(name).describe() for name in ("grpc", "json", "msgpack")]
 
 
 def meta(run_id: str) -> dict[str, Any]:

@@ -234,16 +234,16 @@ def test_shipped_scenarios():
 def test_load_processes_merge_full_resolution_latencies(servers, tmp_path):
     """What worker scaling runs when a cell is client-bound and cores remain: several load
     processes at once, their every latency merged (not two-digit buckets)."""
-    from wiremark.harness import bench as b
+    from wiremark.harness.execution import Executor, Target
 
     spec = scenarios.CellSpec("iris", "json", "closed", 4, None, None, 1, "raw", "none")
     scenario = scenarios.Scenario(duration_s=1.0, warmup_s=0.3, min_requests=10, sample=3)
-    target = b.Target("json", servers["json"].address, servers["json"].proc.pid)
-    merged = b.load_processes(spec, target, None, 2, None, scenario, False, tmp_path)
+    target = Target("json", servers["json"].address, servers["json"].proc.pid)
+    merged = Executor(scenario, None, 1, tmp_path).load(spec, target, None, 2, wire=False)
     sizes = [len(np.load(tmp_path / f"lat{i}.npy")) for i in range(2)]
-    assert all(n > 10 for n in sizes) and merged["latencies"].size == sum(sizes)
-    assert merged["errors"] == 0 and merged["server_cpu_s"] > 0
-    assert len(merged["samples"]) == 3  # sampled in the first process only
+    assert all(n > 10 for n in sizes) and merged.latencies.size == sum(sizes)
+    assert merged.errors == 0 and merged.server_cpu_s > 0
+    assert len(merged.samples) == 3  # sampled in the first process only
 
 
 def test_inject_delay_reaches_the_servers(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from wiremark.harness import transports as drivers
 from wiremark.payloads import transport as registry
-from wiremark.payloads.transport import WIRE_HTTP1, JsonCodec, Transport
+from wiremark.payloads.transport import WIRE_HTTP1, RestCodec, Transport
 from wiremark.reports import records
 
 from .cli import wiremark
@@ -43,8 +43,8 @@ def test_an_incomplete_transport_is_caught(change, lacks):
 
 def test_a_wire_without_a_driver_is_refused_or_caught():
     with pytest.raises(ValueError, match="unknown wire"):
-        registry.register(Transport("x", "X", "X", "carrier-pigeon", JsonCodec(), "fastapi"))
-    lone = Transport("x", "X", "X", WIRE_HTTP1, JsonCodec(), "fastapi")
+        registry.register(Transport("x", "X", "X", "carrier-pigeon", RestCodec(), "fastapi"))
+    lone = Transport("x", "X", "X", WIRE_HTTP1, RestCodec(), "fastapi")
     saved = drivers.DRIVERS.pop(WIRE_HTTP1)
     try:
         assert drivers.incomplete(lone) == ["no load driver for the wire 'http1.1'"]
@@ -87,3 +87,22 @@ def test_a_plugin_transport_conforms_and_benches(tmp_path):
     (described,) = run.meta["transports"]
     assert described["label"] == "Plugin JSON" and described["wire"] == WIRE_HTTP1
     assert "FastAPI on uvicorn" in run.meta["settings"]["plugin-json"]
+
+
+def test_the_wire_words_and_legacy_transports_agree_with_the_registry():
+    """reports/ imports nothing from payloads/, so it keeps the result file's vocabulary
+    itself: it must say what the registry says."""
+    assert records.WIRES == registry.WIRES
+    shipped = [registry.get(t["name"]).describe() for t in records.LEGACY_TRANSPORTS]
+    assert list(records.LEGACY_TRANSPORTS) == shipped
+
+
+def test_every_model_has_one_family_on_both_sides():
+    """Clients look a model's family up in the wire contract, servers in its runner class:
+    `servers.runner.register` writes both, and the shipped tables must agree."""
+    from wiremark.payloads.contract import MODEL_FAMILIES
+    from wiremark.servers import runner
+
+    assert set(runner.models()) == set(MODEL_FAMILIES)
+    for name in runner.models():
+        assert runner.REGISTRY[name]().family is MODEL_FAMILIES[name], name

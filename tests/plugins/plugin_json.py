@@ -10,24 +10,17 @@ process (servers, load generators, bench), and no module of the package is edite
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from wiremark.payloads import samples
 from wiremark.payloads.contract import Classes, Family
 from wiremark.payloads.errors import InvalidInput
-from wiremark.payloads.transport import WIRE_HTTP1, JsonCodec, Transport, register
+from wiremark.payloads.transport import WIRE_HTTP1, RestCodec, Transport, register
 from wiremark.servers import runner
 
 MEDIA = "application/vnd.wiremark-plugin+json"
 TRANSPORT = "plugin-json"
 MODEL = "fake_iris"
-
-
-@dataclass(frozen=True)
-class PluginJsonCodec(JsonCodec):
-    media_type: str = MEDIA
 
 
 class FakeIris(runner.Runner):
@@ -54,5 +47,6 @@ class FakeIris(runner.Runner):
         return samples.iris_rows(2)[0]
 
 
-register(Transport(TRANSPORT, "Plugin JSON", "PlugJSON", WIRE_HTTP1, PluginJsonCodec(), "fastapi"))
+CODEC = RestCodec(MEDIA)  # JSON bodies under a media type of the plugin's own
+register(Transport(TRANSPORT, "Plugin JSON", "PlugJSON", WIRE_HTTP1, CODEC, "fastapi"))
 runner.register(MODEL, Family.TABULAR, lambda: FakeIris)
