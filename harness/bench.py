@@ -322,7 +322,7 @@ def target_problem(transport: str, address: str, models: list[str]) -> str | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from wiremark.cli import UsageError
+    from wiremark.usage import UsageError
 
     try:
         scenario = scenarios.load(args.scenario)

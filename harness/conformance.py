@@ -193,13 +193,13 @@ def add_target_option(parser: argparse.ArgumentParser, help: str) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from wiremark.cli import _models
     from wiremark.servers.runner import models
+    from wiremark.usage import models as model_list
 
     p = sub.add_parser("conform", help="check every transport returns the in-process predictions")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     add_target_option(p, "check a running server (repeatable); without it wiremark starts all")
-    p.add_argument("--models", type=_models, default=models())
+    p.add_argument("--models", type=model_list, default=models())
     p.set_defaults(run=run)
 
 

@@ -43,24 +43,24 @@ def tools() -> dict[str, str]:
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """--json, --duration and --repeats, as every command that drives the load tools has."""
-    from wiremark.cli import _positive
+    from wiremark.usage import positive
 
     parser.add_argument(
         "--json", action="store_true", help="print a JSON list, one object per transport"
     )
     parser.add_argument(
         "--duration",
-        type=_positive,
+        type=positive,
         default=3,
         help="seconds per measurement, whole (wrk's unit), after a 1 s warm-up (default: 3)",
     )
     parser.add_argument(
-        "--repeats", type=_positive, default=3, help="repetitions; figures are medians (default: 3)"
+        "--repeats", type=positive, default=3, help="repetitions; figures are medians (default: 3)"
     )
 
 
 def check_tools() -> None:
-    from wiremark.cli import UsageError
+    from wiremark.usage import UsageError
 
     needed = tools()
     missing = [tool for tool in needed if shutil.which(tool) is None]

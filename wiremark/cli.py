@@ -11,13 +11,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from wiremark import __version__
+from wiremark import __version__, usage
+from wiremark.usage import UsageError
 
 log = logging.getLogger("wiremark")
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for; printed without a traceback."""
 
 
 class _KeepOut:
@@ -34,38 +31,6 @@ class _KeepOut:
         return None
 
 
-def _models(text: str) -> tuple[str, ...]:
-    from wiremark.servers.runner import models
-
-    known = models()
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in known]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown model(s) {', '.join(unknown) or '(none given)'}: "
-            f"choose from {', '.join(known)}"
-        )
-    return names
-
-
-def _swap(text: str) -> tuple[str, str]:
-    from wiremark.payloads.contract import MODEL_FAMILIES
-
-    name, _, model = text.partition("=")
-    if not model or name not in MODEL_FAMILIES or model not in MODEL_FAMILIES:
-        raise argparse.ArgumentTypeError(f"expected NAME=MODEL with known models, got {text!r}")
-    if MODEL_FAMILIES[name] is not MODEL_FAMILIES[model]:
-        raise argparse.ArgumentTypeError(f"{name} and {model} take different inputs")
-    return name, model
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def add_serve(sub: argparse._SubParsersAction) -> None:
     from wiremark.payloads import transport as transports
     from wiremark.payloads.contract import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
@@ -77,7 +42,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--transport", choices=transports.names(), required=True)
     p.add_argument(
         "--models",
-        type=_models,
+        type=usage.models,
         default=shipped,
         help=f"comma-separated (default: {','.join(shipped)})",
     )
@@ -86,7 +51,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "--port", type=int, default=0, help="port to bind; 0 picks a free one (default: 0)"
     )
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu")
-    p.add_argument("--workers", type=_positive, default=1, help="server processes sharing the port")
+    p.add_argument(
+        "--workers", type=usage.positive, default=1, help="server processes sharing the port"
+    )
     p.add_argument(
         "--grpc-mode",
         choices=("threads", "aio"),
@@ -94,9 +61,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help="grpcio server flavour: thread pool (default, faster here) or asyncio",
     )
     p.add_argument(
-        "--max-batch", type=_positive, default=DEFAULT_MAX_BATCH, help="instances per request"
+        "--max-batch", type=usage.positive, default=DEFAULT_MAX_BATCH, help="instances per request"
     )
-    p.add_argument("--max-body-bytes", type=_positive, default=DEFAULT_MAX_BODY_BYTES)
+    p.add_argument("--max-body-bytes", type=usage.positive, default=DEFAULT_MAX_BODY_BYTES)
     p.add_argument(
         "--access-log", action="store_true", help="log every request (costs 13-17%% here)"
     )
@@ -117,7 +84,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--serve-as",
-        type=_swap,
+        type=usage.swap,
         action="append",
         default=[],
         metavar="NAME=MODEL",
