@@ -301,11 +301,15 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path) -> int:
     writer.set("finished", env.now())
     say(f"results: {writer.json_path} and {out / 'results.csv'}")
     if not args.no_report:
-        from wiremark.reports import report
-
-        path = report.render([records.load(writer.json_path)], out / "report.html")
-        say(f"report: {path}")
+        say(f"report: {write_report(out)}")
     return 1 if failed else 0
+
+
+def write_report(out: Path) -> Path:
+    """`out/report.html` from `out/results.json`, as it is (a cut run's finished cells)."""
+    from wiremark.reports import report
+
+    return report.render([records.load(out / records.RESULTS_JSON)], out / "report.html")
 
 
 def target_problem(transport: str, address: str, models: list[str]) -> str | None:
@@ -348,4 +352,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         print(f"\nwiremark: interrupted; cells finished so far are in {out}", file=sys.stderr)
+        if not args.no_report and (out / records.RESULTS_JSON).exists():
+            try:  # the finished cells are what the user asked to see; a second Ctrl-C skips it
+                print(f"wiremark: report of them: {write_report(out)}", file=sys.stderr)
+            except KeyboardInterrupt:
+                print("wiremark: interrupted again: no report", file=sys.stderr)
+            except records.RecordError as exc:
+                print(f"wiremark: no report: {exc}", file=sys.stderr)
         return 130

@@ -3,7 +3,7 @@
     [scenario]
     name = "mine"
     models = ["iris", "mnist"]          # default: all four
-    transports = ["grpc", "json"]       # default: all three
+    transports = ["grpc", "json"]       # default: every registered transport
     concurrency = [1, 16]               # closed loop: users, no wait; [] for none
     rate = [500, "50%"]                 # open loop: requests/s, or a share of the slowest
                                         # transport's closed-loop throughput for the model

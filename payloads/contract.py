@@ -60,6 +60,16 @@ SERVER_TIMING = "server-timing"  # HTTP header and gRPC trailing-metadata key
 
 DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# 8 MP: a 4K UHD frame (3840 x 2160) passes; MTCNN's memory grows with the pixels
+DEFAULT_MAX_IMAGE_PIXELS = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a server accepts in one request for one model, checked while decoding."""
+
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
 
 
 def grpc_path(method: str) -> str:

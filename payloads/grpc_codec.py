@@ -26,10 +26,12 @@ from .contract import (
     Face,
     Family,
     ImageFaces,
+    Limits,
     PixelEncoding,
     Prediction,
 )
 from .errors import InvalidInput, MalformedBody, TooLarge
+from .images import check_image
 
 REQUEST_TYPES: dict[Family, type[Message]] = {
     Family.TABULAR: pb.IrisRequest,
@@ -57,7 +59,8 @@ def _check_batch(n: int, max_batch: int, field: str) -> None:
         raise TooLarge(f"batch of {n} exceeds the limit of {max_batch}", field)
 
 
-def decode_tabular(request: pb.IrisRequest, max_batch: int) -> np.ndarray:
+def decode_tabular(request: pb.IrisRequest, limits: Limits) -> np.ndarray:
+    max_batch = limits.max_batch
     _check_batch(len(request.rows), max_batch, "rows")
     rows = [(r.sepal_length, r.sepal_width, r.petal_length, r.petal_width) for r in request.rows]
     for i, row in enumerate(rows):  # plain Python: cheaper than numpy for small batches
@@ -66,7 +69,8 @@ def decode_tabular(request: pb.IrisRequest, max_batch: int) -> np.ndarray:
     return np.array(rows, dtype=np.float32)
 
 
-def decode_digits(request: pb.DigitsRequest, max_batch: int) -> np.ndarray:
+def decode_digits(request: pb.DigitsRequest, limits: Limits) -> np.ndarray:
+    max_batch = limits.max_batch
     _check_batch(len(request.images), max_batch, "images")
     out = np.empty((len(request.images), DIGIT_PIXELS), dtype=np.uint8)
     for i, image in enumerate(request.images):
@@ -93,12 +97,13 @@ def decode_digits(request: pb.DigitsRequest, max_batch: int) -> np.ndarray:
     return out.reshape(-1, DIGIT_SIDE, DIGIT_SIDE)
 
 
-def decode_faces(request: pb.FaceRequest, max_batch: int) -> list[EncodedImage]:
-    _check_batch(len(request.images), max_batch, "images")
+def decode_faces(request: pb.FaceRequest, limits: Limits) -> list[EncodedImage]:
+    _check_batch(len(request.images), limits.max_batch, "images")
     images = []
     for i, image in enumerate(request.images):
         if not image.data:
             raise InvalidInput("empty image", f"images[{i}].data")
+        check_image(image.data, f"images[{i}].data", limits.max_image_pixels)
         images.append(EncodedImage(image.image_id or str(i), image.data))
     return images
 

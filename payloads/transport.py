@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import grpc_codec, rest
-from .contract import JSON, MSGPACK, Batch, Family, PixelEncoding, Prediction
+from .contract import JSON, MSGPACK, Batch, Family, Limits, PixelEncoding, Prediction
 
 # The wires, as the result files name them (`reports/records.py` reads the same words).
 WIRE_GRPC = "grpc-h2"  # gRPC framing over HTTP/2
@@ -61,7 +61,7 @@ class BodyCodec(Protocol):
 
     def decode_reply(self, family: Family, body: bytes) -> Prediction: ...
 
-    def decode_request(self, family: Family, body: Any, max_batch: int) -> Batch: ...
+    def decode_request(self, family: Family, body: Any, limits: Limits) -> Batch: ...
 
     def encode_reply(self, prediction: Prediction) -> bytes: ...
 
@@ -80,8 +80,8 @@ class ProtobufCodec:
     def decode_reply(self, family: Family, body: bytes) -> Prediction:
         return grpc_codec.decode_prediction(family, body)
 
-    def decode_request(self, family: Family, body: Any, max_batch: int) -> Batch:
-        return grpc_codec.DECODERS[family](body, max_batch)
+    def decode_request(self, family: Family, body: Any, limits: Limits) -> Batch:
+        return grpc_codec.DECODERS[family](body, limits)
 
     def encode_reply(self, prediction: Prediction) -> bytes:
         return grpc_codec.encode_prediction(prediction).SerializeToString()
@@ -109,8 +109,8 @@ class RestCodec:
     def decode_reply(self, family: Family, body: bytes) -> Prediction:
         return rest.decode_prediction(family, self._parse(body))
 
-    def decode_request(self, family: Family, body: Any, max_batch: int) -> Batch:
-        return rest.decode_request(family, self._parse(body), max_batch)
+    def decode_request(self, family: Family, body: Any, limits: Limits) -> Batch:
+        return rest.decode_request(family, self._parse(body), limits)
 
     def encode_reply(self, prediction: Prediction) -> bytes:
         reply = rest.encode_prediction(prediction)  # numpy values: orjson takes them as is

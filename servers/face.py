@@ -36,6 +36,7 @@ class FaceMTCNN(Runner):
         return [ImageFaces(image.image_id, self._detect(image, i)) for i, image in enumerate(batch)]
 
     def _detect(self, image: EncodedImage, index: int) -> tuple[Face, ...]:
+        # The codec checked the header (format, size, --max-image-pixels) before this.
         tf = self._tf
         try:
             pixels = tf.io.decode_image(image.data, channels=3, expand_animations=False)
@@ -43,8 +44,6 @@ class FaceMTCNN(Runner):
             raise InvalidInput(
                 "not a decodable image (JPEG, PNG, GIF, BMP or WebP)", f"instances[{index}].image"
             ) from None
-        if min(pixels.shape[0], pixels.shape[1]) < 12:
-            raise InvalidInput("image smaller than 12x12 pixels", f"instances[{index}].image")
         found = self._mtcnn.detect_faces(pixels)
         return tuple(
             Face(

@@ -53,21 +53,27 @@ GRPC_MODES = ("threads", "aio")  # the first is the default
 DEFAULT_THREADS = 16  # the thread-pool server's workers
 
 
-def server_options(max_body_bytes: int) -> list[tuple[str, Any]]:
+def server_options(max_body_bytes: int, reuse_port: bool = False) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_body_bytes),
         ("grpc.max_send_message_length", -1),
-        ("grpc.so_reuseport", 1),  # lets --workers N share one port
+        # only a worker of --workers N shares its port: otherwise a port another process
+        # holds with SO_REUSEPORT would be joined, not refused
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
 
 
 def new_server(
-    mode: str, max_body_bytes: int, threads: int = DEFAULT_THREADS, compression: str = "none"
+    mode: str,
+    max_body_bytes: int,
+    threads: int = DEFAULT_THREADS,
+    compression: str = "none",
+    reuse_port: bool = False,
 ) -> tuple[Any, Any]:
     """A grpc server of the mode, with the settings every server here shares (the model
     server and the echo of `wiremark overhead`), and its health servicer, registered.
     In asyncio mode this must run inside the event loop."""
-    options = server_options(max_body_bytes)
+    options = server_options(max_body_bytes, reuse_port)
     # compressed requests are always accepted; this compresses every reply
     reply_compression = grpc.Compression.Gzip if compression == "gzip" else None
     if mode == "aio":
@@ -87,9 +93,12 @@ def new_server(
 def bind_insecure(server: Any, host: str, port: int) -> int:
     """Bind host:port (port 0 picks one) and return the port bound."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = int(server.add_insecure_port(address))
+    try:
+        bound = int(server.add_insecure_port(address))
+    except RuntimeError:  # grpcio's "Failed to bind": the port is taken, or no such address
+        bound = 0
     if bound == 0:
-        raise OSError(f"could not bind gRPC to {address}")
+        raise OSError(f"could not bind gRPC to {address}: address in use or not available")
     return bound
 
 
@@ -117,7 +126,7 @@ class Handlers:
                 raise InvalidInput(
                     f"model {runner.name!r} is served by {method}, not this method", "model"
                 )
-            return runner, decode_batch(family, request, service.max_batch(runner))
+            return runner, decode_batch(family, request, service.limits(runner))
 
         return decode
 
@@ -217,6 +226,7 @@ class GrpcServer:
         port: int,
         mode: str = GRPC_MODES[0],
         threads: int = DEFAULT_THREADS,
+        reuse_port: bool = False,
     ) -> None:
         if mode not in GRPC_MODES:
             raise ValueError(f"unknown gRPC mode {mode!r}: choose {' or '.join(GRPC_MODES)}")
@@ -227,6 +237,7 @@ class GrpcServer:
             mode,
             threads,
         )
+        self.reuse_port = reuse_port
         self.server: Any = None
         self.health: Any = None
 
@@ -235,7 +246,7 @@ class GrpcServer:
         delay_s = self.service.config.inject_delay_ms / 1000.0
         config = self.service.config
         self.server, self.health = new_server(
-            self.mode, config.max_body_bytes, self.threads, config.compression
+            self.mode, config.max_body_bytes, self.threads, config.compression, self.reuse_port
         )
         handlers = Handlers(self.service, delay_s)
         impl = AioInference(handlers) if self.mode == "aio" else ThreadInference(handlers)
@@ -305,7 +316,9 @@ class GrpcServer:
 
 def run(service: ModelService, options: ServeOptions, on_bound: Callable[[int], None]) -> None:
     """The "grpcio" server kind: `wiremark serve` for every transport it serves."""
-    server = GrpcServer(service, options.host, options.port, options.grpc_mode)
+    server = GrpcServer(
+        service, options.host, options.port, options.grpc_mode, reuse_port=options.reuse_port
+    )
     if options.grpc_mode == "aio":
         asyncio.run(server.run_aio(on_bound, options.grace_s))
     else:

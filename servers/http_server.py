@@ -195,7 +195,7 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
         def decoder(codec: transports.BodyCodec) -> Callable[[bytes], tuple[Runner, Any]]:
             def decode(body: bytes) -> tuple[Runner, Any]:
                 runner = runners.get(name) or service.runner(name)
-                return runner, codec.decode_request(family, body, service.max_batch(runner))
+                return runner, codec.decode_request(family, body, service.limits(runner))
 
             return decode
 

@@ -139,6 +139,8 @@ def worker_argv(options: ServeOptions, port: int) -> list[str]:
         str(s.max_batch),
         "--max-body-bytes",
         str(s.max_body_bytes),
+        "--max-image-pixels",
+        str(s.max_image_pixels),
         "--grpc-mode",
         options.grpc_mode,
         "--grace",

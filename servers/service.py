@@ -10,7 +10,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wiremark.payloads.contract import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
+from wiremark.payloads.contract import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    Limits,
+)
 from wiremark.payloads.errors import NotReady, UnknownModel
 
 from .runner import Runner, build_all, models
@@ -24,6 +29,7 @@ class ServiceConfig:
     device: str = "cpu"
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # checked from the header, before decoding
     inject_delay_ms: float = 0.0  # an artificial, documented slowdown for testing the gate
     # NAME -> MODEL: serve MODEL's runner under NAME, a deliberately wrong model for testing
     # that conformance checks catch one
@@ -95,5 +101,6 @@ class ModelService:
         loaded = ", ".join(self.runners) or "none"
         raise UnknownModel(f"no model named {model!r} is loaded (loaded: {loaded})", "model")
 
-    def max_batch(self, runner: Runner) -> int:
-        return min(self.config.max_batch, runner.max_batch)
+    def limits(self, runner: Runner) -> Limits:
+        """What one request to `runner` may hold."""
+        return Limits(min(self.config.max_batch, runner.max_batch), self.config.max_image_pixels)

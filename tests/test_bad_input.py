@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import io
+import zlib
 
 import grpc
 import msgpack
@@ -20,6 +22,31 @@ from .wire import Rejected, grpc_raw, http_raw
 NAN_ROW = [5.1, float("nan"), 1.4, 0.2]
 INF_ROW = [5.1, 3.5, float("inf"), 0.2]
 BAD_IMAGE = b"this is not a JPEG"
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels in 57 bytes: a decompression bomb's header
+    (what a decoder would allocate for), with no pixel data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def pillow_image(size: tuple[int, int], format: str) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", size).save(out, format=format)
+    return out.getvalue()
+
+
+BOMB = png_header(20000, 20000)  # 400 million pixels: 24 GB once decoded
+TINY = pillow_image((8, 8), "PNG")
+TIFF = pillow_image((64, 64), "TIFF")  # decodable by Pillow, not a documented format
 DIGIT = samples.mnist_digits(1)[0][0]
 
 # (case, model, JSON-ish body with bytes for binary values, expected HTTP status, field)
@@ -53,6 +80,27 @@ REST_CASES = [
         "empty image",
         "face",
         {"instances": [{"image_id": "x", "image": b""}]},
+        422,
+        "instances[0].image",
+    ),
+    (
+        "pixel bomb",
+        "face",
+        {"instances": [{"image_id": "x", "image": BOMB}]},
+        422,
+        "instances[0].image",
+    ),
+    (
+        "image too small",
+        "face",
+        {"instances": [{"image_id": "x", "image": TINY}]},
+        422,
+        "instances[0].image",
+    ),
+    (
+        "undocumented format",
+        "face",
+        {"instances": [{"image_id": "x", "image": TIFF}]},
         422,
         "instances[0].image",
     ),
@@ -252,7 +300,28 @@ GRPC_CASES = [
         "DetectFaces",
         pb.FaceRequest(model="face", images=[pb.EncodedImage(image_id="x", data=BAD_IMAGE)]),
         grpc.StatusCode.INVALID_ARGUMENT,
-        "instances[0].image",
+        "images[0].data",
+    ),
+    (
+        "pixel bomb",
+        "DetectFaces",
+        pb.FaceRequest(model="face", images=[pb.EncodedImage(image_id="x", data=BOMB)]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images[0].data",
+    ),
+    (
+        "image too small",
+        "DetectFaces",
+        pb.FaceRequest(model="face", images=[pb.EncodedImage(image_id="x", data=TINY)]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images[0].data",
+    ),
+    (
+        "undocumented format",
+        "DetectFaces",
+        pb.FaceRequest(model="face", images=[pb.EncodedImage(image_id="x", data=TIFF)]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "images[0].data",
     ),
 ]
 

@@ -101,7 +101,7 @@ def test_conformance_and_environment_are_recorded(tiny_run):
     assert len(csv) == 1 + len(run.cells)
 
 
-def test_an_interrupted_run_keeps_the_finished_cells(tmp_path):
+def test_an_interrupted_run_keeps_the_finished_cells_and_reports_them(tmp_path):
     # six cells: on a loaded machine this loop may see the first cell late, and the
     # interrupt must still land in a run that has cells to go
     text = TINY.replace("duration_s = 1.5", "duration_s = 2").replace("rate = [150]", "rate = []")
@@ -110,7 +110,7 @@ def test_an_interrupted_run_keeps_the_finished_cells(tmp_path):
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "wiremark", "bench"),
-            *("--scenario", scenario_file(tmp_path, text), "--out", str(out), "--no-report"),
+            *("--scenario", scenario_file(tmp_path, text), "--out", str(out)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -129,7 +129,7 @@ def test_an_interrupted_run_keeps_the_finished_cells(tmp_path):
             time.sleep(0.2)
         children = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == 130, stderr[-2000:]
@@ -137,6 +137,7 @@ def test_an_interrupted_run_keeps_the_finished_cells(tmp_path):
     run = records.load(out)
     assert 1 <= len(run.cells) < 6 and run.meta["finished"] is None
     assert all(c["requests"] > 0 for c in run.cells)
+    assert "report of them" in stderr and (out / "report.html").stat().st_size > 10_000
     time.sleep(1)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 

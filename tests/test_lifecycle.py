@@ -3,6 +3,7 @@ lets an in-flight request finish and the process exits 0; metadata reports the d
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -14,6 +15,7 @@ from wiremark.payloads import samples
 from wiremark.payloads import wiremark_pb2 as pb
 from wiremark.payloads.contract import metadata_path
 
+from .cli import wiremark
 from .wire import grpc_raw
 
 
@@ -114,3 +116,23 @@ def test_grpc_asyncio_mode_serves_checks_health_and_stops(http_client):
         assert server.stop() == 0  # after the in-flight request finished
         thread.join(10)
         assert list(result["a"].prediction.class_ids) == [0]
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "so-reuseport"])
+@pytest.mark.parametrize("transport", ["grpc", "json"])
+def test_a_port_someone_else_holds_is_refused_in_one_line(transport, reuse_port):
+    """Another process listening on the port, even with SO_REUSEPORT, is not joined: the
+    server says so in one line and exits 2."""
+    with socket.socket() as holder:
+        if reuse_port:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = wiremark(
+            *("serve", "--transport", transport, "--models", "iris_rf", "--port", str(port)),
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("wiremark: error: ")

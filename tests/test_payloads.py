@@ -11,8 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
-from wiremark.payloads import errors, grpc_codec, rest
-from wiremark.payloads.contract import Classes, Family, PixelEncoding
+from wiremark.payloads import errors, grpc_codec, rest, samples
+from wiremark.payloads.contract import Classes, Family, Limits, PixelEncoding
 from wiremark.payloads.timing import format_server_timing, parse_server_timing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def test_rest_digits_round_trip(binary, encoding):
     body = rest.encode_request(Family.DIGITS, images, binary=binary, encoding=encoding)
     wire = rest.dump_msgpack(body) if binary else rest.dump_json(body)
     parsed = rest.parse_body(wire, "application/msgpack" if binary else "application/json")
-    np.testing.assert_array_equal(rest.decode_request(Family.DIGITS, parsed, 8), images)
+    np.testing.assert_array_equal(rest.decode_request(Family.DIGITS, parsed, Limits(8)), images)
 
 
 def test_float32_survives_both_rest_codecs_bit_exactly():
@@ -72,7 +72,7 @@ def test_grpc_iris_round_trip():
     data = grpc_codec.encode_request(Family.TABULAR, "iris", rows).SerializeToString()
     request = grpc_codec.parse(grpc_codec.REQUEST_TYPES[Family.TABULAR], data)
     assert request.model == "iris"  # type: ignore[attr-defined]
-    np.testing.assert_array_equal(grpc_codec.DECODERS[Family.TABULAR](request, 8), rows)
+    np.testing.assert_array_equal(grpc_codec.DECODERS[Family.TABULAR](request, Limits(8)), rows)
 
 
 def test_server_timing_round_trip():
@@ -97,3 +97,24 @@ def test_laps_time_each_stage_and_skip_restarts():
     timing = parse_server_timing(laps.header())
     assert list(timing) == ["decode", "infer", "encode"]
     assert timing["infer"] < 5 and timing["encode"] >= 4
+
+
+def test_images_are_checked_from_their_headers_before_decoding():
+    from wiremark.payloads.errors import InvalidInput
+    from wiremark.payloads.images import check_image
+
+    from .test_bad_input import BOMB, TIFF, TINY, png_header
+
+    photo = samples.face_images(sizes=(160,))[0].data
+    check_image(photo, "f", max_pixels=160 * 160)  # a documented format, within the limit
+    with pytest.raises(InvalidInput, match="above the limit of 8,388,608") as err:
+        check_image(BOMB, "instances[0].image", max_pixels=8 * 1024 * 1024)
+    assert err.value.field == "instances[0].image"
+    with pytest.raises(InvalidInput, match=r"4000x3000 = 12,000,000 pixels, above the limit"):
+        check_image(png_header(4000, 3000), "f", max_pixels=8 * 1024 * 1024)
+    with pytest.raises(InvalidInput, match="above the limit of 100 "):
+        check_image(photo, "f", max_pixels=100)
+    with pytest.raises(InvalidInput, match="smaller than 12x12"):
+        check_image(TINY, "f", max_pixels=10**6)
+    with pytest.raises(InvalidInput, match="not a decodable image"):
+        check_image(TIFF, "f", max_pixels=10**6)

@@ -33,7 +33,11 @@ class _KeepOut:
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     from wiremark.payloads import transport as transports
-    from wiremark.payloads.contract import DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES
+    from wiremark.payloads.contract import (
+        DEFAULT_MAX_BATCH,
+        DEFAULT_MAX_BODY_BYTES,
+        DEFAULT_MAX_IMAGE_PIXELS,
+    )
     from wiremark.servers.runner import models
 
     shipped = models()
@@ -64,6 +68,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "--max-batch", type=usage.positive, default=DEFAULT_MAX_BATCH, help="instances per request"
     )
     p.add_argument("--max-body-bytes", type=usage.positive, default=DEFAULT_MAX_BODY_BYTES)
+    p.add_argument(
+        "--max-image-pixels",
+        type=usage.positive,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help="refuse images whose header declares more pixels (default: %(default)s)",
+    )
     p.add_argument(
         "--access-log", action="store_true", help="log every request (costs 13-17%% here)"
     )
@@ -116,6 +126,7 @@ def run_serve(args: argparse.Namespace) -> int:
             device=args.device,
             max_batch=args.max_batch,
             max_body_bytes=args.max_body_bytes,
+            max_image_pixels=args.max_image_pixels,
             inject_delay_ms=args.inject_delay_ms,
             compression=args.compression,
             serve_as=tuple(args.serve_as),
