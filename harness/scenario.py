@@ -72,7 +72,7 @@ class CellSpec:
         else:
             load = f"{self.rate:g}/s"
         extra = [f"batch {self.batch}"] if self.batch != 1 else []
-        if self.model == "mnist":
+        if MODEL_FAMILIES.get(self.model) is Family.DIGITS:  # only digits have pixel encodings
             extra.append(f"{self.encoding} pixels")
         if self.compression != "none":
             extra.append(self.compression)
