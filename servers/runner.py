@@ -177,6 +177,8 @@ def build_all(names: Iterable[str], request: str = "cpu") -> tuple[dict[str, Run
     from .device import CPU, configure
 
     names = list(names)
-    needs_tf = any(REGISTRY[n]().uses_tensorflow for n in names if n in models())
+    known = [n for n in names if n in models()]  # build() names an unknown one
+    # a GPU asked for is checked (a clear error without one) whatever the models
+    needs_tf = request != "cpu" or any(REGISTRY[n]().uses_tensorflow for n in known)
     device = configure(request) if needs_tf else CPU
     return {n: build(n, device) for n in names}, device
