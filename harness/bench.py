@@ -35,7 +35,7 @@ from wiremark.reports.records import ResultWriter
 
 from . import environment as env
 from . import scenario as scenarios
-from .clients import connect
+from .clients import CONNECT_TIMEOUT, connect
 from .conformance import add_target_option, conform
 from .execution import BenchError, Executor, Target
 from .launch import ServerProcess, ServerStartError, running
@@ -316,8 +316,8 @@ def target_problem(transport: str, address: str, models: list[str]) -> str | Non
     """What stops a server that bench did not start from being measured: it does not answer,
     or does not serve one of the models. Checked in seconds, before anything loads; None
     when it serves them all."""
-    try:
-        with connect(transport, address) as client:
+    try:  # at most CONNECT_TIMEOUT for each step: a server that never answers is none
+        with connect(transport, address, timeout=CONNECT_TIMEOUT) as client:
             for model in models:
                 client.metadata(model)
     except WiremarkError as exc:

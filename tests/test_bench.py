@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -225,6 +226,22 @@ def test_a_target_that_cannot_be_measured_is_a_one_line_error(tmp_path):
         )
     assert result.returncode == 2
     assert "UnknownModel" in result.stderr and "mnist" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("transport", "error"), [("json", "DeadlineExceeded"), ("grpc", "Unreachable")]
+)
+def test_a_target_that_never_answers_is_given_up_on(tmp_path, transport, error):
+    """A listener that takes connections and never answers: bench stops waiting after the
+    connect timeout of each step (10 s), not the 30 s of a call, and says which."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        result = bench("--target", f"{transport}={address}", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--target {transport}={address}: {error}" in result.stderr
+    assert "10 s" in result.stderr
 
 
 def test_shipped_scenarios():

@@ -39,7 +39,7 @@ class HttpClient(Client):
             response = self.http.request(method, path, **kwargs)
         except httpx.TimeoutException:
             raise errors.DeadlineExceeded(
-                f"no answer from {self.address} in {self.timeout} s"
+                f"no answer from {self.address} in {self.timeout:g} s"
             ) from None
         except httpx.TransportError as exc:
             raise errors.Unreachable(f"{self.address}: {exc}") from None
