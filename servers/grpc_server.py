@@ -115,7 +115,7 @@ class Handlers:
         """`decode(data) -> (runner, batch)` for one method's requests (the model's name
         travels inside the message), with what every request needs looked up once."""
         request_type = grpc_codec.REQUEST_TYPES[family]
-        decode_batch = self.codec.decode_request
+        decode_batch = grpc_codec.DECODERS[family]  # the codec's, bound for this method
         service, runners = self.service, self.service.runners
 
         def decode(data: bytes) -> tuple[Runner, Batch]:
@@ -126,7 +126,7 @@ class Handlers:
                 raise InvalidInput(
                     f"model {runner.name!r} is served by {method}, not this method", "model"
                 )
-            return runner, decode_batch(family, request, service.limits(runner))
+            return runner, decode_batch(request, service.limits(runner))
 
         return decode
 

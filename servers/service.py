@@ -46,6 +46,7 @@ class ModelService:
     device: str = "unloaded"
     error: BaseException | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
+    _limits: dict[str, Limits] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -102,5 +103,9 @@ class ModelService:
         raise UnknownModel(f"no model named {model!r} is loaded (loaded: {loaded})", "model")
 
     def limits(self, runner: Runner) -> Limits:
-        """What one request to `runner` may hold."""
-        return Limits(min(self.config.max_batch, runner.max_batch), self.config.max_image_pixels)
+        """What one request to `runner` may hold (made once per model, not per request)."""
+        found = self._limits.get(runner.name)
+        if found is None:
+            max_batch = min(self.config.max_batch, runner.max_batch)
+            found = self._limits[runner.name] = Limits(max_batch, self.config.max_image_pixels)
+        return found
