@@ -1,17 +1,12 @@
 """Request and reply bodies as each transport carries them: a batch becomes the bytes a
 client sends, and a reply's bytes become a prediction again, through the transport's codec
-(`payloads/transport.py`). The harness's clients, its Locust users, the wrk/h2load drivers
-and `bench` all go through here."""
+(`payloads/transport.py`), looked up by the transport's name: for callers that hold a name,
+not a descriptor (bench's references and sample checks, the C-tool targets)."""
 
 from __future__ import annotations
 
 from . import transport as transports
 from .contract import MODEL_FAMILIES, Batch, Family, PixelEncoding, Prediction
-
-
-def media_type(transport: str) -> str:
-    """The Content-Type of a transport's bodies."""
-    return transports.get(transport).media_type
 
 
 def encode(
@@ -26,18 +21,6 @@ def encode(
     return codec.encode_request(family or MODEL_FAMILIES[model], model, batch, encoding)
 
 
-def decode(
-    transport: str, family: Family, reply: bytes, content_type: str | None = None
-) -> Prediction:
-    """The prediction in a reply body: by the codec of `content_type` where a transport of
-    the same server kind has one (an HTTP server answers in the request's media type), else
-    by the transport's own."""
-    descriptor = transports.get(transport)
-    codec = descriptor.codec
-    if content_type:
-        media = content_type.split(";", 1)[0].strip().lower()
-        for other in transports.served_by(descriptor.server):
-            if other.media_type == media:
-                codec = other.codec
-                break
-    return codec.decode_reply(family, reply)
+def decode(transport: str, family: Family, reply: bytes) -> Prediction:
+    """The prediction in a reply body of the transport."""
+    return transports.get(transport).codec.decode_reply(family, reply)
