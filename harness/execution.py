@@ -16,6 +16,8 @@ from .protocol import CellRequest, CellResult
 from .record import Measured, Reference, failed_cell, record
 from .scenario import CellSpec, Scenario
 
+OPEN_LOOP_MARGIN = 1.25  # open loop: time for 1.25x the minimum of requests at the rate
+
 
 class BenchError(RuntimeError):
     """A run that cannot go on: a server that will not start, a load process that fails."""
@@ -51,6 +53,11 @@ def requests(
         else [max(1, math.ceil(spec.concurrency / processes))] * processes
     )
     rates = split(float(rate), processes) if rate is not None else [0.0] * processes
+    # an open loop sends `rate` a second whatever happens: give it the time its minimum
+    # takes at that rate (and a margin), so a slow model's low rate can still be valid
+    longest = scenario.max_duration_s
+    if rate:
+        longest = max(longest, OPEN_LOOP_MARGIN * scenario.min_requests / rate)
     out = []
     for i in range(processes):
         first = i == 0
@@ -62,7 +69,7 @@ def requests(
                 users=max(1, users[i]),
                 duration=scenario.duration_s,
                 warmup=scenario.warmup_s,
-                max_duration=scenario.max_duration_s,
+                max_duration=round(longest, 3),
                 min_requests=math.ceil(scenario.min_requests / processes),
                 batch=spec.batch,
                 encoding=spec.encoding,
@@ -123,7 +130,7 @@ class Executor:
             for r in asked
         ]
         results = []
-        limit = self.scenario.max_duration_s + self.scenario.warmup_s + 180
+        limit = max(r.max_duration for r in asked) + self.scenario.warmup_s + 180
         try:
             for proc in procs:
                 stdout, stderr = proc.communicate(timeout=limit)

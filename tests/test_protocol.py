@@ -49,3 +49,23 @@ def test_a_result_survives_its_output_line():
     assert CellResult.from_output("a log line\n" + result.to_json() + "\n") == result
     with pytest.raises(ValueError, match="no result"):
         CellResult.from_output("  \n")
+
+
+def test_an_open_loop_cell_gets_the_time_its_minimum_takes_at_its_rate(tmp_path):
+    """A slow model's open loop at 3/s cannot reach 40 replies in 12 s: it is given 16.7 s
+    (1.25 x 40 / 3), split over processes; closed loop and fast rates keep max_duration_s."""
+    from wiremark.harness.execution import Target, requests
+    from wiremark.harness.scenario import CellSpec, Scenario
+
+    scenario = Scenario(duration_s=4, max_duration_s=12, min_requests=40)
+    target = Target("json", "127.0.0.1:9", None)
+    spec = CellSpec("face", "json", "open", 32, "50%", "constant", 1, "raw", "none")
+    (slow,) = requests(spec, target, 3.0, 1, scenario, False, tmp_path)
+    assert slow.max_duration == pytest.approx(16.667) and slow.min_requests == 40
+    two = requests(spec, target, 3.0, 2, scenario, False, tmp_path)
+    assert [r.max_duration for r in two] == [slow.max_duration] * 2
+    assert [r.rate for r in two] == [1.5, 1.5] and [r.min_requests for r in two] == [20, 20]
+    (fast,) = requests(spec, target, 500.0, 1, scenario, False, tmp_path)
+    closed = CellSpec("face", "json", "closed", 8, None, None, 1, "raw", "none")
+    (shut,) = requests(closed, target, None, 1, scenario, False, tmp_path)
+    assert fast.max_duration == shut.max_duration == 12
