@@ -48,7 +48,9 @@ COMMON_SETTINGS = {
 }
 
 
-def settings(names: list[str], external: bool, delay_ms: float = 0.0) -> dict[str, str]:
+def settings(
+    names: list[str], external: bool, clients: list[str], delay_ms: float = 0.0
+) -> dict[str, str]:
     """How each transport ran, in words, from the server kind and the load driver that ran
     it (not from text written beside them)."""
     from wiremark.servers.serve import ServeOptions, server_kind
@@ -60,7 +62,9 @@ def settings(names: list[str], external: bool, delay_ms: float = 0.0) -> dict[st
     for name in names:
         options = ServeOptions(name, service=ServiceConfig(inject_delay_ms=delay_ms))
         server = "external (--target)" if external else server_kind(name).describe(options)
-        out[name] = f"{server}; client: {driver(name).settings}"
+        ran = driver(name).clients
+        client = "; ".join(f"{c} client: {ran[c]}" for c in clients)
+        out[name] = f"{server}; {client}"
     return out | COMMON_SETTINGS | {"access_log": "off"}
 
 
@@ -212,7 +216,7 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path) -> int:
                 "note": env.placement_note(shared, bool(external)),
             },
             "transports": [registry.get(t).describe() for t in transports],
-            "settings": settings(transports, bool(external), args.inject_delay_ms),
+            "settings": settings(transports, bool(external), scenario.client, args.inject_delay_ms),
         },
     )
     progress = Progress(total)

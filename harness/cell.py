@@ -3,7 +3,7 @@ a warm-up, with every latency kept (no histogram buckets).
 
     python -m wiremark.harness.cell --transport grpc --address 127.0.0.1:50051 \\
         --model iris --users 16 --duration 5 [--warmup 1] [--batch 1] [--encoding raw]
-        [--rate 500 [--arrival constant|poisson]] [--compression gzip]
+        [--rate 500 [--arrival constant|poisson]] [--compression gzip] [--client library]
         [--server-pid PID] [--sample 20] [--raw latencies.npy] [--wire-requests 50]
 
 The measured window lasts `--duration` seconds, and longer if it has fewer than
@@ -264,7 +264,7 @@ def run_cell(args: CellRequest) -> CellResult:
     workload.batch = batch_for(args.model, args.batch)
     workload.compression = args.compression
     workload.sample_size = args.sample
-    cls = user_class(args.transport, args.address, workload)
+    cls = user_class(args.transport, args.address, workload, args.client)
     env = Environment(user_classes=[cls])
     wire: dict[str, Any] = {}
     if args.wire_requests:
@@ -349,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--encoding", choices=("raw", "list"), default="raw")
     parser.add_argument("--compression", choices=("none", "gzip"), default="none")
+    parser.add_argument(
+        "--client", choices=("lean", "library"), default="lean", help="the users' client library"
+    )
     parser.add_argument("--server-pid", type=int, default=None)
     parser.add_argument("--sample", type=int, default=0, help="replies to keep for checking")
     parser.add_argument(

@@ -74,6 +74,7 @@ def requests(
                 batch=spec.batch,
                 encoding=spec.encoding,
                 compression=spec.compression,
+                client=spec.client,
                 rate=rates[i],
                 arrival=spec.arrival or "constant",
                 server_pid=target.pid if first and target.pid else None,

@@ -32,6 +32,7 @@ class CellRequest:
     batch: int = 1
     encoding: str = "raw"
     compression: str = "none"
+    client: str = "lean"  # the load users' client library (transports.base.CLIENTS)
     rate: float = 0.0  # open loop when > 0
     arrival: str = "constant"
     max_wait: float = 1.0  # open loop: a send waiting longer for a connection is dropped

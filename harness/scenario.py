@@ -12,6 +12,10 @@
     batch = [1]                         # instances per request
     encodings = ["raw"]                 # MNIST pixels: "raw" bytes and/or "list" of ints
     compression = ["none"]              # and/or "gzip"
+    client = ["lean"]                   # the load users' client: "lean" (this project's
+                                        # lean clients: the cell measures the server)
+                                        # and/or "library" (grpcio, httpx: what a stock
+                                        # Python client pays per call)
     duration_s = 5                      # measured window per cell
     max_duration_s = 20                 # ... extended up to this for min_requests
     warmup_s = 1                        # excluded from every figure
@@ -38,6 +42,8 @@ from wiremark.payloads import transport as transports
 from wiremark.payloads.contract import MODEL_FAMILIES, Family
 from wiremark.servers import runner
 
+from .transports.base import CLIENTS, LEAN
+
 SHIPPED = Path(__file__).with_name("scenarios")
 
 
@@ -58,6 +64,7 @@ class CellSpec:
     batch: int
     encoding: str
     compression: str
+    client: str = LEAN
 
     @property
     def workload(self) -> tuple[str, int, str, str]:
@@ -76,6 +83,8 @@ class CellSpec:
             extra.append(f"{self.encoding} pixels")
         if self.compression != "none":
             extra.append(self.compression)
+        if self.client != LEAN:
+            extra.append(f"{self.client} client")
         return f"{self.model} {self.transport} {self.mode} {load}" + (
             f" ({', '.join(extra)})" if extra else ""
         )
@@ -93,6 +102,7 @@ class Scenario:
     batch: list[int] = field(default_factory=lambda: [1])
     encodings: list[str] = field(default_factory=lambda: ["raw"])
     compression: list[str] = field(default_factory=lambda: ["none"])
+    client: list[str] = field(default_factory=lambda: [LEAN])
     duration_s: float = 5.0
     max_duration_s: float = 20.0
     warmup_s: float = 1.0
@@ -114,6 +124,7 @@ class Scenario:
             ("transports", transports.names()),
             ("encodings", ("raw", "list")),
             ("compression", ("none", "gzip")),
+            ("client", CLIENTS),
         ):
             values = getattr(self, key)
             need(isinstance(values, list) and bool(values), f"{key} must be a non-empty list")
@@ -144,30 +155,21 @@ class Scenario:
 
     def cells(self) -> Iterator[CellSpec]:
         """Closed-loop cells of a model first (open-loop shares need their throughput),
-        transports interleaved at every level so drift does not favour one of them."""
+        transports (and client libraries) interleaved at every level so drift does not favour
+        one of them."""
         for model in self.models:
             encodings = self.encodings if MODEL_FAMILIES[model] is Family.DIGITS else ["raw"]
             for batch, encoding, compression in itertools.product(
                 self.batch, encodings, self.compression
             ):
+                workload = (batch, encoding, compression)
                 for users in self.concurrency:
-                    for t in self.transports:
-                        yield CellSpec(
-                            model, t, "closed", users, None, None, batch, encoding, compression
-                        )
+                    for client, t in itertools.product(self.client, self.transports):
+                        yield CellSpec(model, t, "closed", users, None, None, *workload, client)
                 for rate in self.rate:
-                    for t in self.transports:
-                        yield CellSpec(
-                            model,
-                            t,
-                            "open",
-                            self.connections,
-                            rate,
-                            self.arrival,
-                            batch,
-                            encoding,
-                            compression,
-                        )
+                    for client, t in itertools.product(self.client, self.transports):
+                        load = (self.connections, rate, self.arrival)
+                        yield CellSpec(model, t, "open", *load, *workload, client)
 
 
 def share(value: object) -> float | None:
@@ -213,7 +215,16 @@ def parse(doc: dict[str, Any], default_name: str = "custom", origin: str = "scen
             f"known: {', '.join(sorted(known))}"
         )
     values = {"name": default_name, **table}
-    for key in ("models", "transports", "concurrency", "rate", "batch", "encodings", "compression"):
+    for key in (
+        "models",
+        "transports",
+        "concurrency",
+        "rate",
+        "batch",
+        "encodings",
+        "compression",
+        "client",
+    ):
         if key in values and not isinstance(values[key], list):
             values[key] = [values[key]]
     return Scenario(**values).validate()

@@ -105,15 +105,17 @@ class TransportUser(User):
         )
 
 
-def user_class(transport: str, address: str, workload: Workload) -> type[TransportUser]:
+def user_class(
+    transport: str, address: str, workload: Workload, client: str = "lean"
+) -> type[TransportUser]:
     """A concrete user class for one target (Locust instantiates classes, not objects), on
-    the Locust user of the transport's wire."""
+    the Locust user of the transport's wire for the `client` library (`base.CLIENTS`)."""
     from wiremark.payloads import transport as transports
 
     from .transports import for_wire
 
     descriptor = transports.get(transport)
-    base: type[TransportUser] = for_wire(descriptor.wire).user_base()
+    base: type[TransportUser] = for_wire(descriptor.wire).user_base(client)
     attrs: dict[str, Any] = {
         "abstract": False,
         "address": address,

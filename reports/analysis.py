@@ -32,7 +32,7 @@ BOOTSTRAP_SEED = 20261122
 PIXEL_MODELS = ("mnist",)  # the models whose payload has a pixel encoding
 
 NUMERIC_KEYS = ("concurrency", "rate", "batch")
-TEXT_KEYS = ("model", "transport", "mode", "arrival", "encoding", "compression")
+TEXT_KEYS = ("model", "transport", "mode", "arrival", "encoding", "compression", "client")
 VARIANT_KEYS = ("batch", "encoding", "compression")
 _NOT_MEASURES = {
     "trial",
@@ -390,6 +390,19 @@ def transports_of(df: pd.DataFrame) -> list[str]:
     return sorted(present, key=lambda t: ranks.get(t, len(ranks)))
 
 
+def server_view(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that measure the server: where a cell was measured both with the lean
+    client (records.LEAN) and with a library client, the lean client's rows only. The
+    verdict, the gRPC-against-REST claim and the plots read this view; the client-cost
+    table reads every client."""
+    if df.empty:
+        return df
+    keys = ["run_index", *(k for k in records.CELL_KEY if k != "client")]
+    lean = df["client"] == records.LEAN
+    has_lean = lean.groupby([df[k] for k in keys], dropna=False).transform("any")
+    return df[lean | ~has_lean.astype(bool)]
+
+
 def _change(after: Any, before: Any) -> float:
     if is_num(after) and is_num(before) and float(before) != 0:
         return (float(after) - float(before)) / float(before) * 100
@@ -430,6 +443,7 @@ class Figures:
     p50_ms: float  # median over trials
     p99_ms: float
     client_bound: bool
+    client: str = records.LEAN  # the load users' client library that measured it
 
 
 @dataclass
@@ -500,13 +514,15 @@ def _pick_cell(sub: pd.DataFrame) -> pd.DataFrame:
 def verdict(
     df: pd.DataFrame, run_index: int, run: str, model: str, rng: np.random.Generator
 ) -> Verdict:
-    sub = df[
-        (df["run_index"] == run_index)
-        & (df["model"] == model)
-        & (df["mode"] == "closed")
-        & df["valid"]
-        & df["rps"].notna()
-    ]
+    sub = server_view(
+        df[
+            (df["run_index"] == run_index)
+            & (df["model"] == model)
+            & (df["mode"] == "closed")
+            & df["valid"]
+            & df["rps"].notna()
+        ]
+    )
     if sub.empty:
         return Verdict(run, model)
     cell = _pick_cell(sub)
@@ -524,6 +540,7 @@ def verdict(
                 p50_ms=float(rows["p50_ms"].median()),
                 p99_ms=float(rows["p99_ms"].median()),
                 client_bound=bool(rows["client_bound"].any()),
+                client=str(rows["client"].iloc[0]),
             )
         )
     figures.sort(key=lambda f: f.rps, reverse=True)
@@ -565,8 +582,8 @@ def _against_baseline(df: pd.DataFrame, v: Verdict) -> list[BaselineChange] | No
     ]
     out = []
     for f in v.figures:
-        rows = base[base["transport"] == f.transport]
-        if rows.empty:
+        rows = base[(base["transport"] == f.transport) & (base["client"] == f.client)]
+        if rows.empty:  # not measured there, or by another client library: not like
             continue
         out.append(
             BaselineChange(
@@ -683,12 +700,14 @@ def _ratio(a: Any, b: Any) -> float:
 
 
 def claim(med: pd.DataFrame, run_index: int, run: str, order: Transports) -> Claim:
-    closed = med[
-        (med["run_index"] == run_index)
-        & (med["mode"] == "closed")
-        & med["valid"]
-        & med["rps"].notna()
-    ]
+    closed = server_view(
+        med[
+            (med["run_index"] == run_index)
+            & (med["mode"] == "closed")
+            & med["valid"]
+            & med["rps"].notna()
+        ]
+    )
     present = set(closed["transport"])
     grpc = [t for t in order.on_wire(records.WIRE_GRPC) if t in present]
     rest = [t for t in order.on_wire(records.WIRE_HTTP1) if t in present]
@@ -789,6 +808,68 @@ def _crossovers(rows: Sequence[ClaimRow], grpc: Sequence[str], ref: str) -> list
 
 def claims(med: pd.DataFrame, runs: Sequence[str], order: Transports) -> list[Claim]:
     return [claim(med, index, run, order) for index, run in enumerate(runs)]
+
+
+# ---------------------------------------------------------------------------------------
+# what the client pays: client CPU per request per client library, beside the server's
+
+
+@dataclass
+class ClientCostRow:
+    model: str
+    variant: str
+    concurrency: float
+    transport: str
+    server_cpu_ms: float  # the server's CPU per request, in the server view's cell
+    client_cpu_ms: dict[str, float]  # per client library measured
+    rps: dict[str, float]  # per client library measured
+
+
+@dataclass
+class ClientCosts:
+    run: str
+    clients: list[str]  # the client libraries in the run, LEAN first
+    rows: list[ClientCostRow] = field(default_factory=list)
+    # per transport, the median over its cells of library / lean client CPU per request
+    library_over_lean: dict[str, float] = field(default_factory=dict)
+
+
+def client_costs(med: pd.DataFrame, run_index: int, run: str) -> ClientCosts:
+    """Client and server CPU per request of each closed-loop cell of a run (valid medians),
+    one row per model, payload, concurrency and transport, a column per client library."""
+    closed = med[(med["run_index"] == run_index) & (med["mode"] == "closed") & med["valid"]]
+    present = set(closed["client"])
+    clients = [c for c in (records.LEAN, records.LIBRARY) if c in present]
+    clients += sorted(present - set(clients))
+    out = ClientCosts(run, clients)
+    if closed.empty:
+        return out
+    served = server_view(closed)
+    ratios: dict[str, list[float]] = {}
+    for (model, variant, conc, transport), group in closed.groupby(
+        ["model", "variant", "concurrency", "transport"], dropna=False, sort=False
+    ):
+        by = {str(r["client"]): r for _, r in group.iterrows()}
+        server = served.loc[served.index.intersection(group.index), "server_cpu_ms"]
+        out.rows.append(
+            ClientCostRow(
+                model=str(model),
+                variant=str(variant),
+                concurrency=float(conc),
+                transport=str(transport),
+                server_cpu_ms=float(server.iloc[0]) if len(server) else math.nan,
+                client_cpu_ms={c: float(r["client_cpu_ms"]) for c, r in by.items()},
+                rps={c: float(r["rps"]) for c, r in by.items()},
+            )
+        )
+        ratio = _ratio(
+            by.get(records.LIBRARY, {}).get("client_cpu_ms"),
+            by.get(records.LEAN, {}).get("client_cpu_ms"),
+        )
+        if is_num(ratio):
+            ratios.setdefault(str(transport), []).append(ratio)
+    out.library_over_lean = {t: float(np.median(v)) for t, v in ratios.items()}
+    return out
 
 
 # ---------------------------------------------------------------------------------------

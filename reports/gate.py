@@ -2,7 +2,7 @@
 
     wiremark gate --baseline B --current C [--rule p99:+10% --rule rps:-5% ...]
 
-Both files are result files (`records.py`, schema 1 or 2). Cells are matched on
+Both files are result files (`records.py`, schema 1, 2 or 3). Cells are matched on
 `records.CELL_KEY`; every trial (`bench --repeat N`) of a cell is one observation.
 
 A rule is FIELD:+N% or FIELD:-N% on one of the aliases of `FIELDS`: the latency percentiles
@@ -255,6 +255,8 @@ def cell_label(key: Key | Mapping[str, Any]) -> str:
         parts.append(str(k["encoding"]))
     if k.get("compression") not in (None, "none"):
         parts.append(str(k["compression"]))
+    if k.get("client") not in (None, records.LEAN):
+        parts.append(f"{k['client']} client")
     return " ".join(parts)
 
 

@@ -647,6 +647,7 @@ def cost_split(
 def all_plots(df: pd.DataFrame, runs: Sequence[str], tr: an.Transports | None = None) -> list[Plot]:
     """Every plot of the report, in order; each skipped cleanly when its data are absent.
     `tr`: the runs' transports (labels, colours); by default those the frame names."""
+    df = an.server_view(df)  # a cell measured by two client libraries: the lean one's
     models = an.models_of(df)
     tr = tr if tr is not None else an.Transports(_unknown(df))
     with plt.rc_context(STYLE):

@@ -2,9 +2,9 @@
 
 `DIR/results.json` is one JSON object, rewritten whole (atomically) after every cell, so an
 interrupted run keeps every cell it finished; `DIR/results.csv` holds the same cells, one
-row each. Fields (schema_version 2; `load` reads 1 and 2):
+row each. Fields (schema_version 3; `load` reads 1, 2 and 3):
 
-    schema_version   2
+    schema_version   3
     wiremark         the wiremark version that wrote the file
     run_id           e.g. "20261122T103800Z-3f5060c"
     started, finished  ISO-8601 UTC; finished is null while the run is going (or was cut)
@@ -38,6 +38,8 @@ A cell (None where not measured):
     concurrency      closed loop: users; open loop: the most requests in flight allowed
     rate, arrival    open loop: target requests/s and "constant" or "poisson"
     batch, encoding, compression   instances per request, "raw"/"list" pixels, "none"/"gzip"
+    client           the load users' client library: LEAN or LIBRARY. Schemas 1 and 2 had
+                     no such field: `load` fills it in (`legacy_client`).
     duration_s       the measured window (warm-up excluded)
     requests, errors completed requests and failed ones in the window
     rps              completed requests per second
@@ -86,8 +88,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)  # the schema versions `load` reads
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)  # the schema versions `load` reads
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 
@@ -95,6 +97,10 @@ RESULTS_CSV = "results.csv"
 WIRE_GRPC = "grpc-h2"  # gRPC framing over HTTP/2
 WIRE_HTTP1 = "http1.1"  # REST over HTTP/1.1
 WIRES = (WIRE_GRPC, WIRE_HTTP1)
+
+# The client libraries of the load users (harness/transports/base.py writes the same words).
+LEAN = "lean"  # the project's lean clients: the cell measures the server
+LIBRARY = "library"  # the wire's stock Python library (grpcio, httpx)
 
 # The fields of a transport descriptor in the run document's "transports" list.
 TRANSPORT_FIELDS = ("name", "label", "short_label", "wire", "server", "api", "media_type")
@@ -154,6 +160,7 @@ CELL_KEY = (
     "batch",
     "encoding",
     "compression",
+    "client",
 )
 
 CELL_FIELDS = (
@@ -324,7 +331,7 @@ def load(path: str | Path) -> Run:
     if isinstance(version, bool) or version not in READABLE_SCHEMAS:
         raise RecordError(
             f"{path}: schema_version {version!r}; this wiremark reads "
-            f"{' and '.join(str(v) for v in READABLE_SCHEMAS)}"
+            f"{', '.join(str(v) for v in READABLE_SCHEMAS[:-1])} and {READABLE_SCHEMAS[-1]}"
         )
     cells = doc.pop("cells", None)
     if not isinstance(cells, list):
@@ -340,7 +347,19 @@ def load(path: str | Path) -> Run:
                 cell["transport_tax_ms"] = transport_tax(
                     cell.get("p50_ms"), cell.get("inprocess_ms")
                 )
+    if version < 3:
+        wires = {t["name"]: t.get("wire") for t in Run(path, doc).transports}
+        for cell in cells:
+            if isinstance(cell, dict) and "client" not in cell:
+                cell["client"] = legacy_client(wires.get(cell.get("transport")))
     return Run(path, doc, cells)
+
+
+def legacy_client(wire: Any) -> str:
+    """The client library a cell of a schema-1 or -2 file was measured with, which it did
+    not record: grpcio for gRPC ("library"); for HTTP/1.1 the lean connection (schema 1
+    files from before it used geventhttpclient, neither of today's two)."""
+    return LIBRARY if wire == WIRE_GRPC else LEAN
 
 
 def _descriptors(value: Any) -> bool:

@@ -180,7 +180,7 @@ def _key_cells(row: Any, multi: bool, tr: an.Transports) -> list[Cell]:
         Cell(str(row["model"])),
         Cell(tr.label(row["transport"])),
         Cell(w.load(row)),
-        Cell(w.variant(row["variant"])),
+        Cell(w.payload(row)),
     ]
 
 
@@ -273,6 +273,38 @@ def _claim_table(c: an.Claim, tr: an.Transports) -> Table | None:
     return table
 
 
+def _client_costs_table(c: an.ClientCosts, tr: an.Transports) -> Table | None:
+    from wiremark.reports import records
+    from wiremark.reports import wording as w
+
+    if not c.rows:
+        return None
+    both = records.LEAN in c.clients and records.LIBRARY in c.clients
+    headers = [_h("model"), _h("payload"), _h("users", True), _h("transport")]
+    headers += [_h("server CPU ms/req", True)]
+    headers += [_h(f"client CPU ms/req, {k}", True) for k in c.clients]
+    headers += [_h(f"req/s, {k}", True) for k in c.clients]
+    if both:
+        headers.append(_h("client CPU library ÷ lean", True))
+    table = Table(headers)
+    for row in c.rows:
+        cells = [
+            Cell(row.model),
+            Cell(w.variant(row.variant)),
+            _n(w.fmt_key(row.concurrency)),
+            Cell(tr.label(row.transport)),
+            _n(w.fmt_num(row.server_cpu_ms)),
+        ]
+        cells += [_n(w.fmt_num(row.client_cpu_ms.get(k))) for k in c.clients]
+        cells += [_n(w.fmt_num(row.rps.get(k))) for k in c.clients]
+        if both:
+            lean, lib = row.client_cpu_ms.get(records.LEAN), row.client_cpu_ms.get(records.LIBRARY)
+            ratio = lib / lean if w.is_num(lean) and w.is_num(lib) and lean else None
+            cells.append(_n(w.fmt_ratio(ratio)))
+        table.rows.append(cells)
+    return table
+
+
 def _comparison_table(comp: an.Comparison, tr: an.Transports) -> Table:
     from wiremark.reports import analysis as an
     from wiremark.reports import wording as w
@@ -289,7 +321,7 @@ def _comparison_table(comp: an.Comparison, tr: an.Transports) -> Table:
             Cell(row["model"]),
             Cell(tr.label(row["transport"])),
             Cell(w.load(row)),
-            Cell(w.variant(row["variant"])),
+            Cell(w.payload(row)),
         ]
         for metric, _ in metrics:
             for run in comp.runs:
@@ -319,7 +351,7 @@ def _validity_table(validity: an.Validity, multi: bool, tr: an.Transports) -> Ta
             Cell(row["model"]),
             Cell(tr.label(row["transport"])),
             Cell(w.load(row)),
-            Cell(w.variant(row["variant"])),
+            Cell(w.payload(row)),
             _n(str(row["trials"])),
             _n(str(row["invalid_trials"]), "fail" if row["invalid_trials"] else ""),
             _n(
@@ -508,6 +540,15 @@ def build_html(runs: Sequence[records.Run]) -> str:
         for c in an.claims(valid_med, names, tr)
     ]
 
+    client_costs = [
+        {
+            "run": heading[name],
+            "summary": w.client_costs_summary(c, tr),
+            "table": _client_costs_table(c, tr),
+        }
+        for c in (an.client_costs(valid_med, i, name) for i, name in enumerate(names))
+    ]
+
     comparison = None
     if multi:
         comp = an.comparison(med, names, an.judgements(runs))
@@ -533,6 +574,7 @@ def build_html(runs: Sequence[records.Run]) -> str:
         "ratios_of": w.claim_ratios_of(tr),
         "verdict_groups": verdict_groups,
         "claims": claims,
+        "client_costs": client_costs,
         "comparison": comparison,
         "plots": plots.all_plots(df, names, tr),
         "conformance": [

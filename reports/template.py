@@ -93,6 +93,7 @@ svg.plot { display: block; max-width: 100%; height: auto; }
 </div>
 <nav>
 <a href="#verdict">Verdict</a><a href="#claim">7–10× claim</a>
+<a href="#clients">Client cost</a>
 {% if comparison %}<a href="#comparison">Comparison</a>{% endif %}
 <a href="#plots">Plots</a><a href="#conformance">Conformance</a>
 <a href="#validity">Validity ({{ validity.count }})</a><a href="#cells">All cells</a>
@@ -132,6 +133,20 @@ throughput and p50 as a ratio of {{ ratios_of }}. Throughput above 1× and p50 b
 {% if c.per_model %}<ul>{% for line in c.per_model %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
 {% if c.crossovers %}<p><strong>Crossover</strong> ({{ c.crossover_heading }}):</p>
 <ul>{% for line in c.crossovers %}<li>{{ line }}</li>{% endfor %}</ul>{% endif %}
+{% if c.table %}{{ table(c.table) }}{% endif %}
+{% endfor %}
+</section>
+
+<section id="clients">
+<h2>What the client pays</h2>
+<p class="muted">CPU per request on each side of the wire (closed loop, valid cells, medians
+across trials): the server's, and the load generator's for each client library measured.
+The lean clients (one prepared HTTP/1.1 request, or prepared HTTP/2 frames for gRPC)
+measure the server; the library clients (grpcio, httpx) are what a stock Python client
+pays per call, and so what a caller of this service would spend.</p>
+{% for c in client_costs %}
+{% if multi %}<h3>{{ c.run }}</h3>{% endif %}
+<p class="answer">{{ c.summary }}</p>
 {% if c.table %}{{ table(c.table) }}{% endif %}
 {% endfor %}
 </section>

@@ -102,6 +102,16 @@ def variant(key: Any) -> str:
     return ", ".join(parts) or "default payload"
 
 
+def payload(row: Any) -> str:
+    """A cell's payload variant in words, and the load users' client where it is not the
+    lean one: "batch 1, library client"."""
+    text = variant(row["variant"])
+    client = row.get("client") if hasattr(row, "get") else None
+    if isinstance(client, str) and client and client != records.LEAN:
+        text += f", {client} client"
+    return text
+
+
 def load(row: Any) -> str:
     """The load of a cell in words: "8 users" or "100/s constant, ≤4 in flight"."""
     if row["mode"] == "open":
@@ -171,13 +181,40 @@ def verdict_text(v: an.Verdict, tr: an.Transports) -> str:
 
 
 def verdict_notes(v: an.Verdict, tr: an.Transports) -> list[str]:
+    notes = []
     bound = [tr.label(f.transport) for f in v.figures if f.client_bound]
-    if not bound:
-        return []
-    return [
-        f"The load generator was the bottleneck for {', '.join(bound)}: "
-        "that throughput understates what the server can do."
+    if bound:
+        notes.append(
+            f"The load generator was the bottleneck for {', '.join(bound)}: "
+            "that throughput understates what the server can do."
+        )
+    stock = [tr.label(f.transport) for f in v.figures if f.client != records.LEAN]
+    if stock:
+        notes.append(
+            f"{', '.join(stock)} measured with the stock client library only (no lean-client "
+            "cell): those figures include what that client costs per call."
+        )
+    return notes
+
+
+def client_costs_summary(c: an.ClientCosts, tr: an.Transports) -> str:
+    """One sentence on what the library clients cost against the lean ones."""
+    if not c.rows:
+        return "No valid closed-loop cell: no client cost to show."
+    if not c.library_over_lean:
+        only = " and ".join(f"the {k} client" for k in c.clients) or "one client"
+        return (
+            f'Measured with {only} only. Add client = ["lean", "library"] to the '
+            "scenario to see what a stock client library pays per call beside it."
+        )
+    parts = [
+        f"{tr.label(t)} {fmt_ratio(r)}"
+        for t, r in sorted(c.library_over_lean.items(), key=lambda kv: tr.rank(kv[0]))
     ]
+    return (
+        "Client CPU per request of the stock client library against the lean client "
+        "(median over cells): " + ", ".join(parts) + "."
+    )
 
 
 def against_baseline(v: an.Verdict, tr: an.Transports) -> str:

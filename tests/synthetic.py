@@ -3,8 +3,10 @@
 The figures are plausible, not measured: latency grows with concurrency and payload, gRPC
 is a little faster than MessagePack, which is a little faster than JSON. `slowdown` scales
 every latency (and divides throughput), as a regression would; `noise` is the relative
-spread between trials. The files are schema 2, as `bench` writes them: the run's
-`transports`, and `transport_tax_ms` in every cell.
+spread between trials. The files are schema 3, as `bench` writes them: the run's
+`transports`, and `transport_tax_ms` and `client` in every cell. `clients` names the load
+users' client libraries; a library client costs more client CPU per request (LIBRARY_CPU)
+than the lean one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from wiremark.reports.records import (
 
 MODELS = {"iris": (0.35, 90, 60), "mnist": (0.9, 1100, 120), "face": (45.0, 21000, 300)}
 SPEED = {"grpc": 1.0, "msgpack": 1.08, "json": 1.3}
+# Client CPU per request, ms: the lean client's, and each library client's by transport.
+LEAN_CPU = 0.2
+LIBRARY_CPU = {"grpc": 0.55, "msgpack": 0.45, "json": 0.5}
 # The run document's "transports", as `bench` writes them.
 TRANSPORTS = [registry.get(name).describe() for name in ("grpc", "json", "msgpack")]
 
@@ -54,6 +59,7 @@ def cell(
     noise: float,
     mode: str = "closed",
     rate: float | None = None,
+    client: str = "lean",
 ) -> dict[str, Any]:
     base, req_bytes, resp_bytes = MODELS[model]
     p50 = base * SPEED[transport] * (1 + 0.08 * users) * slowdown * (1 + noise * rng.normal())
@@ -70,6 +76,7 @@ def cell(
         "batch": 1,
         "encoding": "raw",
         "compression": "none",
+        "client": client,
         "duration_s": 5.0,
         "requests": int(rps * 5),
         "errors": 0,
@@ -87,7 +94,7 @@ def cell(
         "response_bytes": resp_bytes,
         "wire_up_bytes": body + 120,
         "wire_down_bytes": resp_bytes + 140,
-        "client_cpu_ms": 0.2,
+        "client_cpu_ms": LEAN_CPU if client == "lean" else LIBRARY_CPU[transport],
         "server_cpu_ms": 0.3 * SPEED[transport],
         "client_cpu_share": 0.6,
         "server_peak_rss_mb": 900.0,
@@ -122,10 +129,12 @@ def run_doc(
     noise: float = 0.02,
     seed: int = 0,
     concurrency: tuple[int, ...] = (1, 8),
+    clients: tuple[str, ...] = ("lean",),
 ) -> dict[str, Any]:
     """A synthetic run's document, built in memory (same cells for the same arguments), to
     edit before `write_doc`."""
     rng = np.random.default_rng(seed)
+    library_rng = np.random.default_rng(seed + 1000)  # the lean cells do not depend on it
     conformance = [
         {"model": m, "transport": t, "inputs": 10, "mismatches": [], "worst": 1e-8, "passed": True}
         for m in MODELS
@@ -135,8 +144,11 @@ def run_doc(
     for trial in range(trials):
         for model in MODELS:
             for transport in SPEED:
-                for users in concurrency:
-                    cells.append(cell(model, transport, users, trial, rng, slowdown, noise))
+                for client in clients:
+                    draw = rng if client == "lean" else library_rng
+                    for users in concurrency:
+                        args = (model, transport, users, trial, draw, slowdown, noise)
+                        cells.append(cell(*args, client=client))
                 cells.append(
                     cell(model, transport, 4, trial, rng, slowdown, noise, mode="open", rate=100.0)
                 )

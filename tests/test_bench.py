@@ -146,21 +146,24 @@ def test_an_interrupted_run_keeps_the_finished_cells_and_reports_them(tmp_path):
 
 
 def test_a_client_bound_cell_is_flagged(tmp_path):
-    """gRPC's gevent client needs more CPU per request than the iris server: at 32 users on
-    one core of its own it usually saturates first. Whether it did on a given run depends on
-    the machine, so this live run checks that the flag, the scaling verdict and the summary
-    line agree with the share measured; the rule itself is tested on synthetic figures
+    """grpcio under gevent (the library client) needs more CPU per request than the iris
+    server: at 32 users on one core of its own it usually saturates first. Whether it did
+    on a given run depends on the machine and on what else runs on it, so this live run
+    checks only what holds either way: the flag, the scaling verdict and the summary line
+    agree with the share measured. The rule itself is tested on synthetic figures
     (test_record.py)."""
     text = TINY.replace("rate = [150]", "rate = []").replace(
         "concurrency = [2]", "concurrency = [32]"
     )
-    text = text.replace('models = ["iris"]', 'models = ["iris"]\ntransports = ["grpc"]')
+    text = text.replace(
+        'models = ["iris"]', 'models = ["iris"]\ntransports = ["grpc"]\nclient = ["library"]'
+    )
     # 3 s, not 1.5: a burst of stolen CPU weighs less on the client's measured share
     text = text.replace("duration_s = 1.5", "duration_s = 3")
     result = bench("--scenario", scenario_file(tmp_path, text), "--out", str(tmp_path / "o"))
     assert result.returncode == 0, result.stderr[-3000:]
     (cell,) = records.load(tmp_path / "o").cells
-    assert cell["valid"] and cell["client_cpu_share"] > 0
+    assert cell["valid"] and cell["client_cpu_share"] > 0 and cell["client"] == "library"
     bound = cell["client_cpu_share"] >= CLIENT_BOUND
     assert cell["client_bound"] is bound
     assert ("CLIENT-BOUND" in result.stderr) is bound
@@ -169,6 +172,31 @@ def test_a_client_bound_cell_is_flagged(tmp_path):
         assert cell["scaling"].startswith("client-bound: out of cores")
     elif not bound:
         assert cell["scaling"].startswith("server-bound")
+
+
+def test_both_client_libraries_on_both_wires(tmp_path):
+    """`client = ["lean", "library"]`: grpcio and httpx beside the lean clients, each cell
+    recording which, every sampled reply checked against the reference."""
+    text = TINY.replace("rate = [150]", "rate = []").replace(
+        'models = ["iris"]', 'models = ["iris"]\ntransports = ["grpc", "json"]'
+    )
+    text += 'client = ["lean", "library"]\ncompression = ["none", "gzip"]\n'
+    result = bench(
+        "--scenario", scenario_file(tmp_path, text), "--out", str(tmp_path / "o"), "--no-report"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = records.load(tmp_path / "o")
+    assert {(c["client"], c["transport"], c["compression"]) for c in run.cells} == {
+        (k, t, z) for k in ("lean", "library") for t in ("grpc", "json") for z in ("none", "gzip")
+    }
+    for cell in run.cells:
+        assert cell["valid"], (cell["client"], cell["transport"], cell["invalid_reasons"])
+        assert cell["sampled"] > 0 and cell["sample_mismatches"] == 0
+        assert cell["client_cpu_ms"] > 0
+    assert "library client: grpcio" in run.meta["settings"]["grpc"]
+    assert "lean client: one HTTP/2 connection" in run.meta["settings"]["grpc"]
+    assert "library client: httpx" in run.meta["settings"]["json"]
+    assert "library client" in result.stderr  # the progress lines name it
 
 
 def test_a_wrong_model_fails_the_run_and_marks_its_cells(tmp_path):
@@ -255,9 +283,31 @@ def test_shipped_scenarios():
     assert {c.compression for c in full.cells()} == {"none", "gzip"}
     assert {c.encoding for c in full.cells() if c.model == "mnist"} == {"raw", "list"}
     assert {c.encoding for c in full.cells() if c.model != "mnist"} == {"raw"}
+    assert {c.client for c in full.cells()} == {c.client for c in cells} == {"lean"}
     # a file takes the defaults for what it leaves out
     partial = scenarios.parse({"scenario": {"models": ["mnist"]}})
     assert partial.transports == list(TRANSPORTS) and partial.duration_s == 5.0
+    assert partial.client == ["lean"]
+
+
+def test_the_client_library_is_a_dimension():
+    both = scenarios.parse(
+        {"scenario": {"models": ["iris"], "concurrency": [1, 8], "client": ["lean", "library"]}}
+    )
+    cells = list(both.cells())
+    closed = [c for c in cells if c.mode == "closed"]
+    assert len(closed) == 2 * 2 * len(TRANSPORTS)
+    # interleaved at every level: both clients of a concurrency before the next one
+    assert [c.concurrency for c in closed] == [1] * 6 + [8] * 6
+    assert {(c.client, c.transport) for c in closed} == {
+        (k, t) for k in ("lean", "library") for t in TRANSPORTS
+    }
+    labels = {c.client: c.label() for c in closed}
+    assert "library client" in labels["library"] and "client" not in labels["lean"]
+    one = scenarios.parse({"scenario": {"client": "library"}})
+    assert one.client == ["library"]
+    with pytest.raises(scenarios.ScenarioError, match=r"client.*grpcio"):
+        scenarios.parse({"scenario": {"client": ["grpcio"]}})
 
 
 def test_load_processes_merge_full_resolution_latencies(servers, tmp_path):

@@ -457,10 +457,10 @@ def test_cli_unusable_files(files: dict[str, Path]) -> None:
     missing = wiremark("gate", "--baseline", tmp / "nope.json", "--current", files["same"])
     assert missing.returncode == 2 and "no such result file" in missing.stderr
     other = tmp / "other.json"
-    other.write_text(json.dumps({"schema_version": 3, "cells": []}))
+    other.write_text(json.dumps({"schema_version": 4, "cells": []}))
     schema = wiremark("gate", "--baseline", files["base"], "--current", other)
     assert schema.returncode == 2
-    assert "schema_version 3; this wiremark reads 1 and 2" in schema.stderr
+    assert "schema_version 4; this wiremark reads 1, 2 and 3" in schema.stderr
     for result in (missing, schema):
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 

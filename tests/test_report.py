@@ -233,10 +233,17 @@ def test_schema_1_file_still_loads(tmp_path: Path) -> None:
     del doc["transports"]
     for c in doc["cells"]:
         del c["transport_tax_ms"]
+        del c["client"]
     path = synthetic.write_doc(tmp_path / "old", doc)
 
     run = records.load(path)
     assert run.meta["schema_version"] == 1
+    # what the load users ran then: grpcio for gRPC, the lean HTTP/1.1 connection for REST
+    assert {(c["transport"], c["client"]) for c in run.cells} == {
+        ("grpc", "library"),
+        ("json", "lean"),
+        ("msgpack", "lean"),
+    }
     assert run.transports == [dict(t) for t in records.LEGACY_TRANSPORTS]
     assert [t["name"] for t in run.transports] == ["grpc", "json", "msgpack"]
     for c in run.cells:
@@ -253,6 +260,45 @@ def test_schema_1_file_still_loads(tmp_path: Path) -> None:
     tax = cells[cells.index("transport tax") :]
     assert "—" not in tax[: tax.index("</table>")]  # every tax figure filled in
     assert html.count("<svg") == len(PLOTS)
+    assert "gRPC measured with the stock client library only" in html
+
+
+def test_client_libraries_are_shown_beside_the_server(tmp_path: Path) -> None:
+    """A run with both client libraries: the verdict, the claim and the plots judge the
+    server by the lean client's cells; the client-cost section shows both, with the
+    library's cost as a ratio of the lean client's."""
+    lean = synthetic.run_doc(run_id="lean", trials=2)
+    both = synthetic.run_doc(run_id="both", trials=2, clients=("lean", "library"))
+    html = {}
+    for name, doc in (("lean", lean), ("both", both)):
+        run = records.load(synthetic.write_doc(tmp_path / name, doc))
+        html[name] = report.render([run], tmp_path / f"{name}.html").read_text()
+
+    def section(text: str, start: str, end: str) -> str:
+        return text[text.index(f'id="{start}"') : text.index(f'id="{end}"')]
+
+    for part in ("verdict", "claim"):  # the same figures: the library cells are not in them
+        after = {"verdict": "claim", "claim": "clients"}[part]
+        assert section(html["both"], part, after) == section(html["lean"], part, after)
+    assert "stock client library only" not in html["both"]
+    clients = section(html["both"], "clients", "plots")
+    ratios = {
+        t: f"{synthetic.LIBRARY_CPU[t] / synthetic.LEAN_CPU:.2f}×"
+        for t in ("grpc", "json", "msgpack")
+    }
+    assert (
+        "Client CPU per request of the stock client library against the lean client "
+        f"(median over cells): gRPC {ratios['grpc']}, JSON {ratios['json']}, "
+        f"MessagePack {ratios['msgpack']}."
+    ) in clients
+    assert "client CPU ms/req, library" in clients and "client CPU library ÷ lean" in clients
+    rows = re.findall(r"<tr><td>", clients)
+    assert len(rows) == 3 * 3 * 2  # models × transports × concurrencies, one row each
+    only = section(html["lean"], "clients", "plots")
+    assert "Measured with the lean client only" in only and "library ÷ lean" not in only
+    cells = section(html["both"], "cells", "environment")
+    assert "batch 1, library client" in cells
+    assert figures(html["both"]).keys() == figures(html["lean"]).keys()
 
 
 def test_transport_tax_is_recorded(tmp_path: Path) -> None:
@@ -266,7 +312,7 @@ def test_transport_tax_is_recorded(tmp_path: Path) -> None:
     writer.add_cell({"model": "iris", "transport": "grpc", "p50_ms": 0.5, "inprocess_ms": 0.1})
     writer.add_cell({"model": "iris", "transport": "json", "p50_ms": 0.5})
     run = records.load(tmp_path)
-    assert run.meta["schema_version"] == records.SCHEMA_VERSION == 2
+    assert run.meta["schema_version"] == records.SCHEMA_VERSION == 3
     assert [c["transport_tax_ms"] for c in run.cells] == [0.4, None]
     assert run.transports == synthetic.TRANSPORTS
 
@@ -477,7 +523,7 @@ def test_cli_writes_the_report(rendered: dict[str, Path], tmp_path: Path) -> Non
     ("content", "message"),
     [
         (None, "no such result file"),
-        ('{"schema_version": 99, "cells": []}', "schema_version 99; this wiremark reads 1 and 2"),
+        ('{"schema_version": 99, "cells": []}', "schema_version 99; this wiremark reads 1, 2 and"),
         ("not json", "not a wiremark result file"),
     ],
 )

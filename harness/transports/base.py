@@ -4,12 +4,12 @@ A driver serves every transport of its wire (`payloads.transport.WIRES`): the tr
 codec says what the bodies are; the driver says how they travel. It gives:
 
 - `client(...)`: a `Client` for conformance and metadata, raising `payloads.errors` only;
-- `user_base()`: the Locust user class of the wire (imported lazily: Locust patches the
-  process for gevent, which only a load-generator process may have);
+- `user_base(client)`: the Locust user class of the wire for one of `CLIENTS` (imported
+  lazily: Locust patches the process for gevent, which only a load-generator process may
+  have), and `clients`: how each of them runs, in words, recorded in the results;
 - `healthy(address)`: the wire's own health check;
 - `send(...)`: one raw request, for checking a C tool's target before it is loaded;
 - `tool_file`, `tool_argv`, `tool_sample`: the C load generator of the wire (h2load or wrk);
-- `settings`: how the client side runs, in words, recorded in the results.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ from wiremark.payloads.contract import MODEL_FAMILIES, Batch, Family, PixelEncod
 from wiremark.payloads.transport import Transport
 
 CONNECT_TIMEOUT = 10.0  # the most seconds to wait for a server to answer at all
+
+# The client libraries a load user can be built on (a scenario's `client` dimension):
+LEAN = "lean"  # a lean client of this project's: the cell measures the server
+LIBRARY = "library"  # the wire's stock Python library: what a user's client pays per call
+CLIENTS = (LEAN, LIBRARY)
 
 
 @dataclass
@@ -88,14 +93,15 @@ class Driver(ABC):
     tool: ClassVar[str]  # the C load generator of this wire
     tool_package: ClassVar[str]  # its Debian package
     echo_path: ClassVar[str]  # the bare echo of `wiremark overhead` on this wire
-    settings: ClassVar[str]
+    clients: ClassVar[dict[str, str]]  # each of CLIENTS: how its users run, in words
 
     @abstractmethod
     def client(self, transport: Transport, address: str, timeout: float = 30.0) -> Client: ...
 
     @abstractmethod
-    def user_base(self) -> type[Any]:
-        """The Locust user of this wire (a `harness.users.TransportUser`)."""
+    def user_base(self, client: str = LEAN) -> type[Any]:
+        """The Locust user of this wire on one of `CLIENTS` (a
+        `harness.users.TransportUser`)."""
 
     @abstractmethod
     def healthy(self, address: str) -> bool:

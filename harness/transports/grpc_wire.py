@@ -1,9 +1,15 @@
-"""The gRPC wire (HTTP/2): grpcio clients and users, grpc.health.v1, h2load.
+"""The gRPC wire (HTTP/2): a grpcio client, two Locust users, grpc.health.v1, h2load.
 
-Calls go through generic unary-unary methods with bytes in and bytes out, so the codec's
-encode and decode stay visible to the caller's clock. The Locust user runs grpcio patched
-for gevent (`grpc.experimental.gevent.init_gevent()`, before any channel exists), one
-channel per user, ready before timing.
+The client for conformance and metadata is a grpcio channel. Calls go through generic
+unary-unary methods with bytes in and bytes out, so the codec's encode and decode stay
+visible to the caller's clock.
+
+The Locust users, one per client library (`base.CLIENTS`):
+- lean (the default): one HTTP/2 connection per user with a prepared call
+  (`harness/http2.py`), so the cell measures the server;
+- library: grpcio patched for gevent (`grpc.experimental.gevent.init_gevent()`, before any
+  channel of the process exists), one channel per user, ready before timing: what a stock
+  Python client pays per call.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import functools
 import re
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
@@ -22,7 +28,6 @@ from wiremark.payloads.contract import (
     GRPC_ECHO_PATH,
     GRPC_METADATA_METHOD,
     GRPC_METHODS,
-    MODEL_FAMILIES,
     SERVER_TIMING,
     Family,
     grpc_path,
@@ -30,7 +35,7 @@ from wiremark.payloads.contract import (
 from wiremark.payloads.timing import parse_server_timing
 from wiremark.payloads.transport import WIRE_GRPC, Transport
 
-from .base import CONNECT_TIMEOUT, Client, Driver, ToolSample
+from .base import CONNECT_TIMEOUT, LEAN, LIBRARY, Client, Driver, ToolSample
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
 
@@ -75,13 +80,47 @@ class GrpcClient(Client):
 
 
 @functools.cache
-def _user_base() -> type[Any]:
+def _lean_user() -> type[Any]:
+    from ..http2 import Connection
+    from ..users import TransportUser
+
+    class LeanGrpcUser(TransportUser):
+        """One HTTP/2 connection with a prepared call (`harness/http2.py`)."""
+
+        abstract = True
+
+        def on_start(self) -> None:
+            w = self.workload
+            host, port = self.address.rsplit(":", 1)
+            self.conn = Connection(host, int(port), timeout=30)
+            self.conn.connect()  # ready before timing, as a grpcio channel is
+            family = self.family
+            body = self.codec.encode_request(family, w.model, w.batch, w.encoding)
+            path = grpc_path(GRPC_METHODS[family])
+            self.call = self.conn.prepare(path, body, gzip=w.compression == "gzip")
+
+        def on_stop(self) -> None:
+            self.conn.close()
+
+        def send(self, sample: bool) -> tuple[bytes, str]:
+            reply = self.conn.exchange(self.call)
+            if reply.status:  # a readable error, as the HTTP users give
+                raise RuntimeError(f"gRPC {reply.code}: {reply.message}")
+            return reply.body, (reply.header(SERVER_TIMING) or "") if sample else ""
+
+    return LeanGrpcUser
+
+
+@functools.cache
+def _library_user() -> type[Any]:
     import grpc.experimental.gevent as grpc_gevent
 
     grpc_gevent.init_gevent()  # before any channel of this process exists
     from ..users import TransportUser
 
-    class GrpcUser(TransportUser):
+    class GrpcioUser(TransportUser):
+        """grpcio, patched for gevent: one channel per user."""
+
         abstract = True
 
         def on_start(self) -> None:
@@ -91,7 +130,7 @@ def _user_base() -> type[Any]:
                 self.address, options=CHANNEL_OPTIONS, compression=compression
             )
             grpc.channel_ready_future(self.channel).result(timeout=30)
-            family = MODEL_FAMILIES[w.model]
+            family = self.family
             self.call = self.channel.unary_unary(grpc_path(GRPC_METHODS[family]))
             self.body = self.codec.encode_request(family, w.model, w.batch, w.encoding)
 
@@ -107,7 +146,7 @@ def _user_base() -> type[Any]:
                 raise RuntimeError(f"gRPC {exc.code().name}: {exc.details()}") from None
             return reply, str(dict(call.trailing_metadata() or ()).get(SERVER_TIMING, ""))
 
-    return GrpcUser
+    return GrpcioUser
 
 
 class GrpcDriver(Driver):
@@ -115,13 +154,16 @@ class GrpcDriver(Driver):
     tool = "h2load"
     tool_package = "nghttp2-client"
     echo_path = GRPC_ECHO_PATH
-    settings = "grpcio patched for gevent, one channel per user, ready before timing"
+    clients: ClassVar[dict[str, str]] = {
+        LEAN: "one HTTP/2 connection per user, prepared frames, hpack (harness/http2.py)",
+        LIBRARY: "grpcio patched for gevent, one channel per user, ready before timing",
+    }
 
     def client(self, transport: Transport, address: str, timeout: float = 30.0) -> Client:
         return GrpcClient(transport, address, timeout)
 
-    def user_base(self) -> type[Any]:
-        return _user_base()
+    def user_base(self, client: str = LEAN) -> type[Any]:
+        return _lean_user() if client == LEAN else _library_user()
 
     def healthy(self, address: str) -> bool:
         from grpc_health.v1 import health_pb2, health_pb2_grpc

@@ -1,9 +1,11 @@
-"""The REST wire (HTTP/1.1): httpx clients, lean keep-alive users, GET /healthz, wrk.
+"""The REST wire (HTTP/1.1): an httpx client, two Locust users, GET /healthz, wrk.
 
 The client for conformance and metadata is one pooled keep-alive httpx client. The Locust
-user is one keep-alive connection with a prepared request, replies parsed by httptools
-(`harness/http1.py`): Host, Content-Type and Content-Length only (with gzip,
-Content-Encoding and Accept-Encoding too).
+users, one per client library (`base.CLIENTS`):
+- lean (the default): one keep-alive connection with a prepared request, replies parsed
+  by httptools (`harness/http1.py`): Host, Content-Type and Content-Length only (with gzip,
+  Content-Encoding and Accept-Encoding too);
+- library: httpx's sync client, one per user: what a stock Python client pays per call.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import functools
 import gzip
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -21,7 +23,7 @@ from wiremark.payloads.contract import HTTP_ECHO_PATH, Family, metadata_path, pr
 from wiremark.payloads.timing import parse_server_timing
 from wiremark.payloads.transport import WIRE_HTTP1, Transport
 
-from .base import CONNECT_TIMEOUT, Client, Driver, ToolSample
+from .base import CONNECT_TIMEOUT, LEAN, LIBRARY, Client, Driver, ToolSample
 
 
 class HttpClient(Client):
@@ -69,8 +71,18 @@ class HttpClient(Client):
         self.http.close()
 
 
+def _request(workload: Any, codec: Any, family: Family) -> tuple[bytes, dict[str, str]]:
+    """The body and headers every call of a user sends (gzipped when asked)."""
+    body = codec.encode_request(family, workload.model, workload.batch, workload.encoding)
+    headers = {"Content-Type": codec.media_type}
+    if workload.compression == "gzip":
+        body = gzip.compress(body, compresslevel=6)
+        headers |= {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}
+    return body, headers
+
+
 @functools.cache
-def _user_base() -> type[Any]:
+def _lean_user() -> type[Any]:
     from ..http1 import Connection, prepare
     from ..users import TransportUser
 
@@ -78,18 +90,11 @@ def _user_base() -> type[Any]:
         abstract = True
 
         def on_start(self) -> None:
-            w = self.workload
             host, port = self.address.rsplit(":", 1)
             self.http = Connection(host, int(port), timeout=30)
-            family = self.family
-            body = self.codec.encode_request(family, w.model, w.batch, w.encoding)
-            headers = {"Content-Type": self.codec.media_type}
-            if w.compression == "gzip":
-                body = gzip.compress(body, compresslevel=6)
-                headers |= {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}
-            self.request_bytes = prepare(
-                "POST", host, int(port), predict_path(w.model), headers, body
-            )
+            body, headers = _request(self.workload, self.codec, self.family)
+            path = predict_path(self.workload.model)
+            self.request_bytes = prepare("POST", host, int(port), path, headers, body)
 
         def on_stop(self) -> None:
             self.http.close()
@@ -106,6 +111,39 @@ def _user_base() -> type[Any]:
             return data, reply.header("server-timing") or ""
 
     return RestUser
+
+
+@functools.cache
+def _library_user() -> type[Any]:
+    from ..users import TransportUser
+
+    class HttpxUser(TransportUser):
+        """httpx's sync client (its sockets gevent's in a cell process), one per user, with
+        its connection pool of one kept-alive connection."""
+
+        abstract = True
+
+        def on_start(self) -> None:
+            self.http = httpx.Client(
+                base_url=f"http://{self.address}",
+                timeout=30,
+                trust_env=False,
+                limits=httpx.Limits(max_connections=1),
+            )
+            self.body, self.headers = _request(self.workload, self.codec, self.family)
+            self.path = predict_path(self.workload.model)
+
+        def on_stop(self) -> None:
+            self.http.close()
+
+        def send(self, sample: bool) -> tuple[bytes, str]:
+            reply = self.http.post(self.path, content=self.body, headers=self.headers)
+            if reply.status_code != 200:
+                raise RuntimeError(f"HTTP {reply.status_code}: {reply.content[:200]!r}")
+            # httpx has already decompressed a gzip reply
+            return reply.content, (reply.headers.get("server-timing") or "") if sample else ""
+
+    return HttpxUser
 
 
 def _lua(body: bytes, content_type: str) -> str:
@@ -126,13 +164,16 @@ class HttpDriver(Driver):
     tool = "wrk"
     tool_package = "wrk"
     echo_path = HTTP_ECHO_PATH
-    settings = "one keep-alive HTTP/1.1 connection per user, prepared request, httptools parser"
+    clients: ClassVar[dict[str, str]] = {
+        LEAN: "one keep-alive HTTP/1.1 connection per user, prepared request, httptools parser",
+        LIBRARY: "httpx's sync client, one per user, one kept-alive connection",
+    }
 
     def client(self, transport: Transport, address: str, timeout: float = 30.0) -> Client:
         return HttpClient(transport, address, timeout)
 
-    def user_base(self) -> type[Any]:
-        return _user_base()
+    def user_base(self, client: str = LEAN) -> type[Any]:
+        return _lean_user() if client == LEAN else _library_user()
 
     def healthy(self, address: str) -> bool:
         try:
