@@ -39,6 +39,7 @@ from .loadgen import (
     target,
 )
 from .protocol import CellRequest, CellResult
+from .transports.base import CLIENTS, LEAN
 
 MODEL = "iris"
 
@@ -51,15 +52,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_options(p)
+    p.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default=LEAN,
+        help="the harness users' client library: lean (default: the cell measures the "
+        "server) or library (grpcio, httpx)",
+    )
     p.set_defaults(run=run)
 
 
 def harness_sample(
-    transport: str, server: ServerProcess, users: int, duration: int, cpu: str | None
+    transport: str,
+    server: ServerProcess,
+    users: int,
+    duration: int,
+    cpu: str | None,
+    client: str = LEAN,
 ) -> Sample:
     """One Locust cell (`harness/cell.py`) in its own process, pinned to `cpu`, asked for
-    through the same protocol as bench's cells."""
-    request = CellRequest(transport, server.address, MODEL, users=users, duration=duration)
+    through the same protocol as bench's cells, its users on the `client` library."""
+    request = CellRequest(
+        transport, server.address, MODEL, users=users, duration=duration, client=client
+    )
     assert server.proc is not None
     server_proc = psutil.Process(server.proc.pid)
     server_before, start = sum(server_proc.cpu_times()[:2]), time.perf_counter()
@@ -87,21 +102,27 @@ class Row:
     harness_p50_ms: float
     tool_p50_ms: float
     harness_client_cpu: float
+    client: str = LEAN
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "transport": self.transport,
+            "client": self.client,
             "harness_rps": self.harness_rps,
             "tool_rps": self.tool_rps,
             "harness_p50_ms": self.harness_p50_ms,
             "tool_p50_ms": self.tool_p50_ms,
+            "harness_client_cpu": self.harness_client_cpu,
         }
 
 
 def run(args: argparse.Namespace) -> int:
     check_tools()
     server_cpu, client_cpu = placement()
-    log(f"wiremark calibrate: {MODEL}, servers on core {server_cpu}, load on core {client_cpu}")
+    log(
+        f"wiremark calibrate: {MODEL}, servers on core {server_cpu}, load on core {client_cpu}, "
+        f"harness on the {args.client} client"
+    )
     try:
         names = transports.names()
         servers = {t: ServerProcess(t, ("--models", MODEL), server_cpu) for t in names}
@@ -134,7 +155,9 @@ def measure(
 
             def harness(users: int = conns) -> Sample:
                 cpu = loadgen.client_cpu
-                return harness_sample(transport, target.server, users, args.duration, cpu)
+                return harness_sample(
+                    transport, target.server, users, args.duration, cpu, args.client
+                )
 
             label = f"{transport} harness c={conns}"
             runs[f"h{conns}"].append(least_disturbed(harness, loadgen.cores, label))
@@ -149,6 +172,7 @@ def measure(
         harness_p50_ms=round(med(s.p50_ms for s in runs["h1"]), 4),
         tool_p50_ms=round(med(s.p50_ms for s in runs["t1"]), 4),
         harness_client_cpu=round(med(s.client_cpu for s in runs["h16"]), 2),
+        client=args.client,
     )
 
 
@@ -159,7 +183,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
     )
     lines = [
         f"iris, 1 row; c16 throughput and c1 p50 (ms); medians of {args.repeats} x "
-        f"{args.duration} s; tool: wrk (HTTP), h2load (gRPC)",
+        f"{args.duration} s; harness: the {args.client} client; tool: wrk (HTTP), h2load (gRPC)",
         "",
         head,
         "-" * len(head),

@@ -9,7 +9,9 @@ into both frame headers and sends them in one `sendall`.
 
 Replies are read frame by frame: the 9-byte frame header is parsed with `struct`, and every
 header block the server sends goes through one `hpack.Decoder`, whose dynamic table must see
-them all. The rest of the protocol a unary client needs is here too:
+them all; a block that left the table unchanged (grpcio's response headers after the first
+stream: three index bytes) is remembered, and decoded again only once the table changes.
+The rest of the protocol a unary client needs is here too:
 
 - SETTINGS are acknowledged, and the server's MAX_FRAME_SIZE and INITIAL_WINDOW_SIZE are
   honoured; PING is answered;
@@ -23,11 +25,12 @@ them all. The rest of the protocol a unary client needs is here too:
 - `grpc-encoding: gzip` both ways when asked for (`prepare(..., gzip=True)`);
 - `grpc-status` and `grpc-message` (percent-decoded) are the reply's status.
 
-Why not grpcio in the load users: under gevent it costs about 190 us of CPU per call here,
-about four times the HTTP/1.1 users' client (`harness/http1.py`), so the gRPC cells measured
-the client. This connection costs about a quarter of that (see the README's client
-section). Why not the `h2` library's state machine: it costs as much as grpcio per call; the
-tests use it as an independent peer.
+Why not grpcio in the load users: under gevent it cost 2.1-2.7 times this connection's CPU
+per request in a cell here (iris and MNIST, 1 and 8 users: 364-521 us against 150-193 us),
+and saturated the load generator's core before the iris server did, so the gRPC cells
+measured the client. It stays available as the `library` client. Why not the `h2`
+library's state machine: it costs about as much as grpcio per call; the tests use it as an
+independent peer.
 
 One call at a time per connection (each Locust user owns one connection, as each HTTP/1.1
 user does). Sockets are gevent's in a cell process, so users wait concurrently. As in
@@ -40,7 +43,7 @@ import gzip as gzip_module
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 from urllib.parse import unquote
 
 import hpack
@@ -59,6 +62,7 @@ DEFAULT_WINDOW = 65_535  # RFC 9113: every window starts here
 DEFAULT_FRAME = 16_384  # ... and the largest frame a peer takes until it says otherwise
 RECEIVE_WINDOW = 1 << 24  # what this side advertises, per stream and for the connection
 MAX_STREAM_ID = (1 << 31) - 1
+KNOWN_BLOCKS = 64  # header blocks remembered while hpack's dynamic table stays the same
 
 FRAME_HEADER = struct.Struct(">HBBBL")  # length (24 bits, as 16 + 8), type, flags, stream
 U32 = struct.Struct(">L")
@@ -165,6 +169,7 @@ class Connection:
         self.buf = b""
         self.pos = 0
         self.decoder = hpack.Decoder()
+        self.known: dict[bytes, list[tuple[bytes, bytes]]] = {}  # see _decode
         self.next_stream = 1
         self.max_frame = DEFAULT_FRAME
         self.peer_initial_window = DEFAULT_WINDOW
@@ -388,12 +393,39 @@ class Connection:
             self._headers_done(block)
 
     def _headers_done(self, block: bytes) -> None:
-        fields = self.decoder.decode(block, raw=True)  # always: the table must see every block
+        fields = self.known.get(block)
+        if fields is None:
+            fields = self._decode(block)
         stream = self._own(self._header_stream)
         if stream is not None:
             stream.headers += fields
             if self._header_flags & END_STREAM:
                 stream.done = True
+
+    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """Decode a header block with hpack, and remember it if decoding it left the dynamic
+        table as it was: the same bytes then decode to the same fields until the table
+        changes, and the server sends the same response-header block on every stream (a
+        few static and dynamic indexes). A block that changes the table is always decoded,
+        and forgets every block remembered (their indexes may now point elsewhere)."""
+        table = self.decoder.header_table
+        entries = table.dynamic_entries
+        head = entries[0] if entries else None
+        size, count = table.maxsize, len(entries)
+        # raw=True: a list of (name, value) tuples of bytes
+        fields = cast("list[tuple[bytes, bytes]]", self.decoder.decode(block, raw=True))
+        entries = table.dynamic_entries
+        if (
+            len(entries) == count
+            and (entries[0] if entries else None) is head  # each insertion is a new head
+            and table.maxsize == size
+        ):
+            if len(self.known) >= KNOWN_BLOCKS:
+                self.known.clear()
+            self.known[block] = fields
+        else:
+            self.known.clear()
+        return fields
 
     def _on_rst_stream(self, flags: int, stream_id: int, payload: bytes) -> None:
         stream = self._own(stream_id)

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 FIELDS = {"transport", "harness_rps", "tool_rps", "harness_p50_ms", "tool_p50_ms"}
+FIELDS |= {"harness_client_cpu"}
 
 
 @pytest.mark.skipif(
@@ -38,6 +39,6 @@ def test_calibrate_reports_harness_beside_tools():
     rows = json.loads(result.stdout)
     assert [r["transport"] for r in rows] == ["grpc", "json", "msgpack"]
     for r in rows:
-        assert set(r) == FIELDS
+        assert set(r) == FIELDS | {"client"} and r["client"] == "lean"
         assert all(r[k] > 0 for k in FIELDS - {"transport"})
-    assert "harness" in result.stderr and "tool" in result.stderr
+    assert "harness on the lean client" in result.stderr and "tool" in result.stderr

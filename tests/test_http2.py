@@ -416,3 +416,42 @@ def test_nobody_listening_is_an_oserror():
     host, port = refused_address().rsplit(":", 1)
     with pytest.raises(OSError):
         Connection(host, int(port), timeout=2).connect()
+
+
+def test_remembered_header_blocks_decode_as_hpack_does():
+    """Blocks are remembered only while hpack's dynamic table stays the same: over a stream
+    of blocks that index, evict (a small table) and repeat, every block decodes to what a
+    plain hpack decoder makes of it."""
+    import random
+
+    import hpack
+
+    rng = random.Random(7)
+    encoder, plain = hpack.Encoder(), hpack.Decoder()
+    encoder.header_table_size = 256  # a table of a few entries: insertions evict
+    conn = Connection("127.0.0.1", 1)
+    names = [f"x-{i}" for i in range(6)]
+    hits = 0
+    for _ in range(2000):
+        fields = [(":status", "200"), ("content-type", "application/grpc")]
+        fields += [(n, str(rng.randrange(3))) for n in rng.sample(names, rng.randrange(3))]
+        block = encoder.encode(fields)
+        hits += block in conn.known
+        conn._header_stream = 0
+        got = conn.known.get(block) or conn._decode(block)
+        assert got == plain.decode(block, raw=True)
+    assert hits > 100  # the cache did serve repeated blocks
+
+
+def test_a_block_that_changes_the_table_is_not_remembered():
+    import hpack
+
+    encoder = hpack.Encoder()
+    conn = Connection("127.0.0.1", 1)
+    first = encoder.encode([("grpc-status", "0")])  # a literal, indexed: the table grows
+    assert conn._decode(first) == [(b"grpc-status", b"0")] and first not in conn.known
+    again = encoder.encode([("grpc-status", "0")])  # now one index byte: the table stays
+    assert len(again) == 1 and conn._decode(again) == [(b"grpc-status", b"0")]
+    assert again in conn.known
+    conn._decode(encoder.encode([("x-new", "1")]))  # the table changes: all forgotten
+    assert not conn.known

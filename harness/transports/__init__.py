@@ -4,10 +4,10 @@
     driver = transports.driver("json")   # the driver of the transport's wire
     with driver.client(descriptor, "127.0.0.1:8000") as client: ...
 
-| file | wire | client | Locust user | health | C tool |
+| file | wire | client | users: lean, library | health | C tool |
 |---|---|---|---|---|---|
-| `grpc_wire.py` | gRPC, HTTP/2 | grpcio channel | grpcio, gevent | grpc.health.v1 | h2load |
-| `http_wire.py` | REST over HTTP/1.1 | httpx | `harness/http1.py` | GET /healthz | wrk |
+| `grpc_wire.py` | gRPC, HTTP/2 | grpcio | `http2.py`, grpcio + gevent | grpc.health.v1 | h2load |
+| `http_wire.py` | REST, HTTP/1.1 | httpx | `http1.py`, httpx | GET /healthz | wrk |
 
 A plugin (see `payloads/transport.py`) adds a driver with `register(driver)`.
 """
