@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from wiremark.reports.records import PERCENTILES
+from wiremark.reports.records import LEAN, LIBRARY, PERCENTILES
 
 from .protocol import CellRequest, CellResult
 from .steal import CLOCK_TICKS, steal_ticks
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--encoding", choices=("raw", "list"), default="raw")
     parser.add_argument("--compression", choices=("none", "gzip"), default="none")
     parser.add_argument(
-        "--client", choices=("lean", "library"), default="lean", help="the users' client library"
+        "--client", choices=(LEAN, LIBRARY), default=LEAN, help="the users' client library"
     )
     parser.add_argument("--server-pid", type=int, default=None)
     parser.add_argument("--sample", type=int, default=0, help="replies to keep for checking")

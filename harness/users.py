@@ -31,6 +31,7 @@ from locust import User, task
 
 from wiremark.payloads.contract import MODEL_FAMILIES, Batch, Family, PixelEncoding
 from wiremark.payloads.transport import BodyCodec
+from wiremark.reports.records import LEAN
 
 
 class Workload:
@@ -106,7 +107,7 @@ class TransportUser(User):
 
 
 def user_class(
-    transport: str, address: str, workload: Workload, client: str = "lean"
+    transport: str, address: str, workload: Workload, client: str = LEAN
 ) -> type[TransportUser]:
     """A concrete user class for one target (Locust instantiates classes, not objects), on
     the Locust user of the transport's wire for the `client` library (`base.CLIENTS`)."""

@@ -98,7 +98,7 @@ WIRE_GRPC = "grpc-h2"  # gRPC framing over HTTP/2
 WIRE_HTTP1 = "http1.1"  # REST over HTTP/1.1
 WIRES = (WIRE_GRPC, WIRE_HTTP1)
 
-# The client libraries of the load users (harness/transports/base.py writes the same words).
+# The client libraries of the load users, as cells name them (harness/transports/base.py).
 LEAN = "lean"  # the project's lean clients: the cell measures the server
 LIBRARY = "library"  # the wire's stock Python library (grpcio, httpx)
 
@@ -357,8 +357,8 @@ def load(path: str | Path) -> Run:
 
 def legacy_client(wire: Any) -> str:
     """The client library a cell of a schema-1 or -2 file was measured with, which it did
-    not record: grpcio for gRPC ("library"); for HTTP/1.1 the lean connection (schema 1
-    files from before it used geventhttpclient, neither of today's two)."""
+    not record: grpcio for gRPC (LIBRARY), this project's HTTP/1.1 connection for REST
+    (LEAN; the oldest schema-1 files used geventhttpclient, which is neither)."""
     return LIBRARY if wire == WIRE_GRPC else LEAN
 
 

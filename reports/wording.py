@@ -106,7 +106,7 @@ def payload(row: Any) -> str:
     """A cell's payload variant in words, and the load users' client where it is not the
     lean one: "batch 1, library client"."""
     text = variant(row["variant"])
-    client = row.get("client") if hasattr(row, "get") else None
+    client = row.get("client")
     if isinstance(client, str) and client and client != records.LEAN:
         text += f", {client} client"
     return text

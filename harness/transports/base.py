@@ -21,12 +21,13 @@ from typing import Any, ClassVar
 
 from wiremark.payloads.contract import MODEL_FAMILIES, Batch, Family, PixelEncoding, Prediction
 from wiremark.payloads.transport import Transport
+from wiremark.reports.records import LEAN, LIBRARY
 
 CONNECT_TIMEOUT = 10.0  # the most seconds to wait for a server to answer at all
 
-# The client libraries a load user can be built on (a scenario's `client` dimension):
-LEAN = "lean"  # a lean client of this project's: the cell measures the server
-LIBRARY = "library"  # the wire's stock Python library: what a user's client pays per call
+# The client libraries a load user can be built on (a scenario's `client` dimension), as
+# the result file names them: LEAN (this project's lean clients: the cell measures the
+# server) and LIBRARY (the wire's stock Python library: what a caller pays per call).
 CLIENTS = (LEAN, LIBRARY)
 
 
