@@ -1,10 +1,15 @@
-"""Regenerate the protobuf and gRPC stubs in payloads/ from payloads/wiremark.proto.
+"""Regenerate the protobuf and gRPC stubs in payloads/: wiremark's own
+(payloads/wiremark.proto) and TF Serving's vendored API (payloads/tensorflow_serving/).
 
     python scripts/gen_protos.py          # write the stubs
     python scripts/gen_protos.py --check  # exit 1 if the committed stubs are stale
 
-grpc_tools writes `import wiremark_pb2` into the gRPC stub; it is rewritten to a relative
-import so the stubs work inside the `wiremark.payloads` package.
+grpc_tools writes top-level imports (`import wiremark_pb2`, `from tensorflow_serving.apis
+import model_pb2`); they are rewritten to this package so the stubs work inside
+`wiremark.payloads`. TF Serving's files import TensorFlow's `.proto` files, which
+tensorflow-cpu ships only compiled: protoc reads them as a descriptor set built from those
+compiled files, and the stubs load them through `payloads/tensorflow_protos.py` rather than
+importing TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,32 +21,105 @@ import tempfile
 from pathlib import Path
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
-PROTO = "wiremark.proto"
-OUTPUTS = ("wiremark_pb2.py", "wiremark_pb2.pyi", "wiremark_pb2_grpc.py")
+PACKAGE = "wiremark.payloads"
+TFS = "tensorflow_serving"
+# (proto, does it define services)
+PROTOS = (
+    [("wiremark.proto", True)]
+    + [
+        (f"{TFS}/apis/{name}.proto", name in ("prediction_service", "model_service"))
+        for name in (
+            "classification",
+            "get_model_metadata",
+            "get_model_status",
+            "inference",
+            "input",
+            "model",
+            "model_management",
+            "model_service",
+            "predict",
+            "prediction_service",
+            "regression",
+            "status",
+        )
+    ]
+    + [
+        (f"{TFS}/config/{name}.proto", False)
+        for name in (
+            "file_system_storage_path_source",
+            "log_collector_config",
+            "logging_config",
+            "model_server_config",
+        )
+    ]
+)
+
+
+def stubs(proto: str, services: bool) -> list[str]:
+    base = proto.removesuffix(".proto")
+    return [f"{base}_pb2.py", f"{base}_pb2.pyi"] + ([f"{base}_pb2_grpc.py"] if services else [])
+
+
+def rewrite(text: str) -> str:
+    # wiremark's gRPC stub: `import wiremark_pb2 as ...`
+    text = re.sub(r"^import wiremark_pb2 as", "from . import wiremark_pb2 as", text, flags=re.M)
+    # TF Serving's own modules, inside this package
+    text = re.sub(
+        rf"^from {TFS}\.(\w+) import", rf"from {PACKAGE}.{TFS}.\1 import", text, flags=re.M
+    )
+    # TensorFlow's messages: from the installed tensorflow-cpu, without importing it
+    text, n = re.subn(
+        r"^from tensorflow\.([\w.]+) import (\w+)_pb2 as (\w+)$",
+        lambda m: f'{m[3]} = _tensorflow.load("tensorflow/{m[1].replace(".", "/")}/{m[2]}.proto")',
+        text,
+        flags=re.M,
+    )
+    # protoc aliases a publicly imported file through its importer's module, which the
+    # loaded descriptor is not; the alias is unused, and the file is in the pool already
+    text = re.sub(
+        r"^try:\n  (\w+) = \w+\.\1\nexcept AttributeError:\n  \1 = .*\n",
+        "",
+        text,
+        flags=re.M,
+    )
+    if n:
+        text = re.sub(
+            r"^(# @@protoc_insertion_point\(imports\))$",
+            rf"\1\nfrom {PACKAGE} import tensorflow_protos as _tensorflow",
+            text,
+            count=1,
+            flags=re.M,
+        )
+    return text
 
 
 def generate(out: Path) -> None:
+    import grpc_tools
     from grpc_tools import protoc
 
-    argv = [
-        "protoc",
-        f"-I{PAYLOADS}",
-        f"--python_out={out}",
-        f"--pyi_out={out}",
-        f"--grpc_python_out={out}",
-        str(PAYLOADS / PROTO),
-    ]
-    if protoc.main(argv) != 0:
-        raise SystemExit("protoc failed")
-    stub = out / "wiremark_pb2_grpc.py"
-    stub.write_text(
-        re.sub(
-            r"^import wiremark_pb2 as",
-            "from . import wiremark_pb2 as",
-            stub.read_text(),
-            flags=re.M,
-        )
-    )
+    from wiremark.payloads import tensorflow_protos
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tf_set = Path(tmp) / "tensorflow.pb"
+        tf_set.write_bytes(tensorflow_protos.descriptor_set())
+        for proto, services in PROTOS:
+            argv = [
+                "protoc",
+                f"-I{PAYLOADS}",
+                f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
+                f"--descriptor_set_in={tf_set}",
+                f"--python_out={out}",
+                f"--pyi_out={out}",
+            ]
+            if services:
+                argv.append(f"--grpc_python_out={out}")
+            if protoc.main([*argv, str(PAYLOADS / proto)]) != 0:
+                raise SystemExit(f"protoc failed on {proto}")
+    for proto, services in PROTOS:
+        for name in stubs(proto, services):
+            path = out / name
+            if name.endswith(".py"):
+                path.write_text(rewrite(path.read_text()))
 
 
 def main() -> int:
@@ -50,15 +128,20 @@ def main() -> int:
     args = parser.parse_args()
     if not args.check:
         generate(PAYLOADS)
-        print(f"wrote {', '.join(OUTPUTS)} in {PAYLOADS}")
+        print(f"wrote the stubs of {len(PROTOS)} .proto files in {PAYLOADS}")
         return 0
+    stale = []
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
-        fresh = descriptor((Path(tmp) / "wiremark_pb2.py").read_text())
-    if fresh != descriptor((PAYLOADS / "wiremark_pb2.py").read_text()):
-        print(
-            "payloads/wiremark_pb2.py is stale: run python scripts/gen_protos.py", file=sys.stderr
-        )
+        for proto, _ in PROTOS:
+            name = proto.removesuffix(".proto") + "_pb2.py"
+            committed = PAYLOADS / name
+            if not committed.exists() or descriptor((Path(tmp) / name).read_text()) != descriptor(
+                committed.read_text()
+            ):
+                stale.append(f"payloads/{name}")
+    if stale:
+        print(f"stale stubs: {', '.join(stale)}: run python scripts/gen_protos.py", file=sys.stderr)
         return 1
     return 0
 
