@@ -166,7 +166,7 @@ def target(
     (`echo`) to the bare echo of the transport's wire."""
     body = bodies.encode(transport, model, iris_rows(1)[0], family=Family.TABULAR)
     drv = driver_of(transport)
-    path = drv.echo_path if echo else drv.predict_path(model, Family.TABULAR)
+    path = drv.echo_path if echo else transports.get(transport).codec.route(Family.TABULAR, model)
     file = drv.tool_file(body, transports.get(transport).media_type, tmp, transport)
     return Target(server, transport, path, body, echo, file)
 

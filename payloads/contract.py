@@ -81,8 +81,14 @@ def predict_path(model: str) -> str:
     return f"/v1/models/{model}:predict"
 
 
-def metadata_path(model: str) -> str:
+def status_path(model: str) -> str:
+    """TF Serving's REST model status: GET /v1/models/<model>."""
     return f"/v1/models/{model}"
+
+
+def metadata_path(model: str) -> str:
+    """TF Serving's REST model metadata: GET /v1/models/<model>/metadata."""
+    return f"/v1/models/{model}/metadata"
 
 
 @dataclass(frozen=True, slots=True)

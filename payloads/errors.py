@@ -3,10 +3,12 @@
     WiremarkError                 any problem with a request, carries `field` and `message`
     ├── MalformedBody             the body is not valid JSON / MessagePack / protobuf
     ├── UnsupportedMediaType      a Content-Type the endpoint does not speak
-    ├── UnknownModel              no model of that name is loaded
+    ├── UnknownModel              no model of that name (or version, or label) is loaded
+    ├── UnknownSignature          the model has no signature of that name (TF Serving's API)
     ├── InvalidInput              the body parses but a value is wrong: shape, type, NaN, ...
     ├── TooLarge                  a batch above the limit, or a body above the size limit
     ├── NotReady                  the server is still loading or warming its models
+    ├── Unimplemented             a method of a standard API this server does not serve
     ├── ServerFault               the server failed on a good request (a bug, a crash)
     ├── Unreachable               no connection: refused, reset, or no such host (client side)
     └── DeadlineExceeded          no answer within the client's timeout (client side)
@@ -30,7 +32,8 @@ class WiremarkError(Exception):
         self.field = field
 
     def to_dict(self) -> dict[str, object]:
-        body: dict[str, object] = {"error": type(self).__name__, "message": self.message}
+        """The REST error body: TF Serving's {"error": message}, and the field at fault."""
+        body: dict[str, object] = {"error": self.message}
         if self.field is not None:
             body["field"] = self.field
         return body
@@ -51,6 +54,10 @@ class UnknownModel(WiremarkError):
     pass
 
 
+class UnknownSignature(WiremarkError):
+    pass
+
+
 class InvalidInput(WiremarkError):
     pass
 
@@ -60,6 +67,10 @@ class TooLarge(WiremarkError):
 
 
 class NotReady(WiremarkError):
+    pass
+
+
+class Unimplemented(WiremarkError):
     pass
 
 
@@ -75,13 +86,17 @@ class DeadlineExceeded(WiremarkError):
     pass
 
 
+# As TF Serving's REST API maps its statuses: INVALID_ARGUMENT 400, NOT_FOUND 404,
+# RESOURCE_EXHAUSTED 429 (an over-limit batch or body), UNIMPLEMENTED 501, UNAVAILABLE 503.
 HTTP_STATUS: dict[type[WiremarkError], int] = {
     MalformedBody: 400,
     UnknownModel: 404,
-    TooLarge: 413,
+    UnknownSignature: 404,
+    TooLarge: 429,
     UnsupportedMediaType: 415,
-    InvalidInput: 422,
+    InvalidInput: 400,
     NotReady: 503,
+    Unimplemented: 501,
     ServerFault: 500,
     Unreachable: 502,
     DeadlineExceeded: 504,
@@ -90,10 +105,12 @@ HTTP_STATUS: dict[type[WiremarkError], int] = {
 GRPC_STATUS: dict[type[WiremarkError], grpc.StatusCode] = {
     MalformedBody: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownModel: grpc.StatusCode.NOT_FOUND,
+    UnknownSignature: grpc.StatusCode.NOT_FOUND,
     TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnsupportedMediaType: grpc.StatusCode.INVALID_ARGUMENT,
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     ServerFault: grpc.StatusCode.INTERNAL,
     Unreachable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -109,11 +126,13 @@ def grpc_status(error: WiremarkError) -> grpc.StatusCode:
 
 
 _FROM_HTTP = {
-    400: MalformedBody,
+    400: InvalidInput,
     404: UnknownModel,
-    413: TooLarge,
+    413: TooLarge,  # a proxy's answer to a large body
     415: UnsupportedMediaType,
     422: InvalidInput,
+    429: TooLarge,
+    501: Unimplemented,
     503: NotReady,
     504: DeadlineExceeded,
 }
@@ -121,10 +140,11 @@ _FROM_HTTP = {
 
 def from_http(status: int, body: object) -> WiremarkError:
     """An error response -> the error it reports. `body` is the parsed JSON error body,
-    {"error", "message", "field"}, or anything else a proxy may have sent."""
+    {"error": message, "field"} (TF Serving's, with the field), or anything else a proxy may
+    have sent."""
     message, field = f"HTTP {status}", None
     if isinstance(body, dict):
-        message = str(body.get("message") or body.get("detail") or message)
+        message = str(body.get("error") or body.get("detail") or message)
         field = body.get("field") if isinstance(body.get("field"), str) else None
     cls = _FROM_HTTP.get(status, ServerFault if status >= 500 else InvalidInput)
     return cls(message, field)
@@ -135,6 +155,7 @@ _FROM_GRPC = {
     grpc.StatusCode.NOT_FOUND: UnknownModel,
     grpc.StatusCode.RESOURCE_EXHAUSTED: TooLarge,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
 }
 
 

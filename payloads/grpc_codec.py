@@ -9,6 +9,7 @@ JSON and MessagePack parses on the REST side.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -49,7 +50,24 @@ def parse(message_type: type[Message], data: bytes) -> Message:
     try:
         return message_type.FromString(data)
     except DecodeError as exc:
-        raise MalformedBody(f"invalid protobuf {message_type.__name__}: {exc}", "body") from None
+        raise MalformedBody(f"not a {message_type.DESCRIPTOR.full_name}: {exc}", "body") from None
+
+
+# A model's name: what `MODEL_FAMILIES` and a plugin's registry hold. A message of another
+# type parses as this one more often than not (protobuf skips what it does not know), and
+# then its first field, read as `model`, holds that message's bytes: refused, not misread.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_model_name(name: str, message_type: type[Message]) -> str:
+    if MODEL_NAME.fullmatch(name) is None:
+        shown = name[:32].encode("unicode_escape").decode("ascii")
+        raise InvalidInput(
+            f"{shown!r} is not a model name (letters, digits, _ . -): is this message a "
+            f"{message_type.DESCRIPTOR.full_name}, the type this method takes?",
+            "model",
+        )
+    return name
 
 
 def _check_batch(n: int, max_batch: int, field: str) -> None:
@@ -169,6 +187,17 @@ def encode_prediction(prediction: Prediction) -> Message:
             for image in prediction
         ]
     )
+
+
+def metadata_request(model: str) -> bytes:
+    return pb.MetadataRequest(model=model).SerializeToString()
+
+
+def decode_metadata(data: bytes) -> dict[str, object]:
+    meta = parse(pb.ModelMetadata, data)
+    assert isinstance(meta, pb.ModelMetadata)
+    fields = {f.name: getattr(meta, f.name) for f in meta.DESCRIPTOR.fields}
+    return fields | {"versions": dict(meta.versions)}
 
 
 def decode_prediction(family: Family, data: bytes) -> Prediction:

@@ -1,16 +1,26 @@
-"""REST bodies, TF Serving's shape: {"instances": [...]} in, {"predictions": [...]} out.
+"""REST bodies, as TF Serving's REST API documents them.
+
+A request is in the row format, `{"instances": [...]}` (each instance a value, or an
+object of the signature's named inputs), answered `{"predictions": [...]}`; or in the
+columnar format, `{"inputs": ...}` (a value, or an object of named inputs each holding the
+batch), answered `{"outputs": {name: [...]}}`. Never both, as TF Serving's documents say.
+`signature_name` may name the one signature, "serving_default" (`signatures.py`).
 
 JSON and MessagePack carry the same logical body; they differ only in binary values
 (`{"b64": "..."}` in JSON, a `bin` in MessagePack) and in float width (MessagePack keeps
-float32 as float32). `decode_*` turn a parsed body into the model's batch and raise
-`InvalidInput` naming the field at fault; `encode_*` build the body from numpy values.
+float32 as float32). JSON is TF Serving's dialect: the tokens NaN, Infinity and -Infinity
+parse (orjson refuses them, so a body it refuses is read again by the standard library).
+`decode_*` turn a parsed body into the model's batch and raise `InvalidInput` naming the
+field at fault; `encode_*` build the body from numpy values.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -21,6 +31,7 @@ from .contract import (
     DIGIT_PIXELS,
     DIGIT_SIDE,
     IRIS_FEATURES,
+    JSON,
     LANDMARKS,
     MSGPACK_ALIASES,
     Batch,
@@ -33,20 +44,21 @@ from .contract import (
     PixelEncoding,
     Prediction,
 )
-from .errors import InvalidInput, MalformedBody, TooLarge, UnsupportedMediaType
+from .errors import InvalidInput, MalformedBody, TooLarge, UnknownSignature, UnsupportedMediaType
 from .images import check_image
+from .signatures import SIGNATURE_NAME, SIGNATURES
 
 # ---------------------------------------------------------------------------- media types
 
 
 def parse_body(body: bytes, content_type: str | None) -> Any:
     """Bytes of a request or response body -> Python values, by Content-Type."""
-    media = (content_type or "application/json").split(";", 1)[0].strip().lower()
-    if media == "application/json":
+    media = (content_type or JSON).split(";", 1)[0].strip().lower()
+    if media == JSON or media in JSON_ALIASES:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise MalformedBody(f"invalid JSON: {exc}", field="body") from None
+            return _json_with_constants(body, exc)
     if media in MSGPACK_ALIASES:
         try:
             return msgpack.unpackb(body, raw=False, strict_map_key=True)
@@ -56,6 +68,19 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
         f"unsupported Content-Type {media!r}: use application/json or application/msgpack",
         field="content-type",
     )
+
+
+# What curl sends by default (-d): TF Serving reads the body as JSON whatever it says.
+JSON_ALIASES = frozenset({"application/x-www-form-urlencoded"})
+
+
+def _json_with_constants(body: bytes, error: Exception) -> Any:
+    """A body orjson refused, read by the standard library, which also takes NaN, Infinity
+    and -Infinity as TF Serving's parser does; orjson's error when it is not JSON at all."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise MalformedBody(f"invalid JSON: {error}", field="body") from None
 
 
 def dump_json(value: Any) -> bytes:
@@ -70,17 +95,105 @@ def dump_msgpack(value: Any) -> bytes:
 # ------------------------------------------------------------------------------ requests
 
 
-def instances_of(body: Any, max_batch: int) -> list[Any]:
-    if not isinstance(body, dict) or "instances" not in body:
-        raise InvalidInput('the body must be an object with an "instances" list', "instances")
-    instances = body["instances"]
-    if not isinstance(instances, list):
-        raise InvalidInput("must be a list", "instances")
+@dataclass(frozen=True, slots=True)
+class Form:
+    """How a request came, so its reply goes the same way."""
+
+    columnar: bool = False  # "inputs" in, "outputs" out; else "instances" and "predictions"
+
+
+ROWS = Form(False)
+COLUMNS = Form(True)
+
+
+def _is_value(item: Any) -> bool:
+    """A value, not an object of named inputs: {"b64": ...} is JSON's binary value."""
+    return not isinstance(item, dict) or (len(item) == 1 and "b64" in item)
+
+
+def _named(family: Family, item: dict[str, Any], field: str) -> dict[str, Any]:
+    names = SIGNATURES[family].inputs
+    for key in item:
+        if key not in names:
+            raise InvalidInput(
+                f"input tensor alias not found in signature: {str(key)[:64]}. Inputs expected "
+                f"to be in the set {SIGNATURES[family].input_names()}.",
+                field,
+            )
+    for name, spec in names.items():
+        if spec.required and name not in item:
+            raise InvalidInput(f"missing input {name!r}", field)
+    return item
+
+
+def _rows_of_columns(family: Family, inputs: Any, max_batch: int) -> list[Any]:
+    """The columnar format's `inputs` as the rows it holds."""
+    if _is_value(inputs):
+        if not isinstance(inputs, list):
+            raise InvalidInput("must be a list: the batch, one item per instance", "inputs")
+        return inputs
+    named = _named(family, inputs, "inputs")
+    columns = {}
+    for name, column in named.items():
+        if not isinstance(column, list):
+            raise InvalidInput("must be a list: the batch, one item per instance", f"inputs.{name}")
+        columns[name] = column
+    sizes = {len(c) for c in columns.values()}
+    if len(sizes) > 1:
+        raise InvalidInput(
+            "named inputs of different batch sizes: "
+            + ", ".join(f"{n}: {len(c)}" for n, c in columns.items()),
+            "inputs",
+        )
+    count = sizes.pop()
+    if count > max_batch:  # before any row is built
+        raise TooLarge(f"batch of {count} exceeds the limit of {max_batch}", "inputs")
+    return [{n: c[i] for n, c in columns.items()} for i in range(count)]
+
+
+def instances_of(family: Family, body: Any, max_batch: int) -> tuple[list[Any], Form]:
+    """The instances of a request in either format, each as the family's decoder reads it
+    (tabular and digits: the value; faces: the object of named inputs), and its format."""
+    if not isinstance(body, dict) or ("instances" not in body and "inputs" not in body):
+        raise InvalidInput(
+            'the body must be an object with "instances" (row format) or "inputs" '
+            "(columnar format)",
+            "instances",
+        )
+    if "instances" in body and "inputs" in body:
+        raise InvalidInput(
+            'send either "instances" (row format) or "inputs" (columnar format), not both',
+            "instances",
+        )
+    signature = body.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise InvalidInput("must be a string", "signature_name")
+    if signature not in ("", SIGNATURE_NAME):
+        raise UnknownSignature(
+            f"Serving signature key {signature[:64]!r} not found: the model has {SIGNATURE_NAME!r}",
+            "signature_name",
+        )
+    if "inputs" in body:
+        form, field = COLUMNS, "inputs"
+        instances = _rows_of_columns(family, body["inputs"], max_batch)
+    else:
+        instances, form, field = body["instances"], ROWS, "instances"
+        if not isinstance(instances, list):
+            raise InvalidInput("must be a list", "instances")
     if not instances:
-        raise InvalidInput("empty batch: send at least one instance", "instances")
+        raise InvalidInput("empty batch: send at least one instance", field)
     if len(instances) > max_batch:
-        raise TooLarge(f"batch of {len(instances)} exceeds the limit of {max_batch}", "instances")
-    return instances
+        raise TooLarge(f"batch of {len(instances)} exceeds the limit of {max_batch}", field)
+    if family is Family.FACES:
+        return instances, form
+    # tabular and digits have one input: a named instance holds it under its name
+    if not all(map(_is_value, instances)):
+        (name,) = SIGNATURES[family].inputs
+        instances = [
+            item if _is_value(item) else _named(family, item, f"{field}[{i}]")[name]
+            for i, item in enumerate(instances)
+        ]
+    return instances, form
 
 
 def _numeric(instances: list[Any], kinds: str, what: str) -> np.ndarray:
@@ -177,8 +290,14 @@ DECODERS: dict[Family, Callable[[list[Any], Limits], Batch]] = {
 }
 
 
-def decode_request(family: Family, body: Any, limits: Limits) -> Batch:
-    return DECODERS[family](instances_of(body, limits.max_batch), limits)
+def decode_request(family: Family, body: Any, limits: Limits) -> tuple[Batch, Form]:
+    instances, form = instances_of(family, body, limits.max_batch)
+    try:
+        return DECODERS[family](instances, limits), form
+    except InvalidInput as exc:
+        if form.columnar and exc.field and exc.field.startswith("instances"):
+            exc.field = "inputs" + exc.field.removeprefix("instances")  # row i of the columns
+        raise
 
 
 def encode_request(
@@ -204,8 +323,18 @@ def encode_request(
 # ----------------------------------------------------------------------------- responses
 
 
-def encode_prediction(prediction: Prediction) -> dict[str, Any]:
+def encode_prediction(prediction: Prediction, form: Form | None = None) -> dict[str, Any]:
+    """The reply body: {"predictions": [...]} for a row-format request, {"outputs": {...}}
+    (each output holding the batch) for a columnar one."""
+    columnar = form is not None and form.columnar
     if isinstance(prediction, Classes):
+        if columnar:
+            return {
+                "outputs": {
+                    "class_id": prediction.class_ids.tolist(),
+                    "probabilities": prediction.probabilities,
+                }
+            }
         return {
             "predictions": [
                 {"class_id": int(c), "probabilities": p}
@@ -214,30 +343,44 @@ def encode_prediction(prediction: Prediction) -> dict[str, Any]:
                 )
             ]
         }
-    return {
-        "predictions": [
-            {
-                "image_id": image.image_id,
-                "faces": [
-                    {
-                        "box": list(face.box),
-                        "landmarks": {
-                            n: list(p) for n, p in zip(LANDMARKS, face.landmarks, strict=True)
-                        },
-                        "confidence": np.float32(face.confidence),
-                    }
-                    for face in image.faces
-                ],
+    predictions = [
+        {
+            "image_id": image.image_id,
+            "faces": [
+                {
+                    "box": list(face.box),
+                    "landmarks": {
+                        n: list(p) for n, p in zip(LANDMARKS, face.landmarks, strict=True)
+                    },
+                    "confidence": np.float32(face.confidence),
+                }
+                for face in image.faces
+            ],
+        }
+        for image in prediction
+    ]
+    if columnar:
+        return {
+            "outputs": {
+                "image_id": [p["image_id"] for p in predictions],
+                "faces": [p["faces"] for p in predictions],
             }
-            for image in prediction
-        ]
-    }
+        }
+    return {"predictions": predictions}
 
 
 def to_plain(body: dict[str, Any]) -> dict[str, Any]:
     """numpy values -> lists and floats, for MessagePack (JSON's orjson takes numpy as is)."""
-    predictions = body["predictions"]
-    for item in predictions:
+    outputs = body.get("outputs")
+    if outputs is not None:
+        if "probabilities" in outputs:
+            outputs["probabilities"] = outputs["probabilities"].tolist()
+        else:
+            for faces in outputs["faces"]:
+                for face in faces:
+                    face["confidence"] = float(face["confidence"])
+        return body
+    for item in body["predictions"]:
         if "probabilities" in item:
             item["probabilities"] = item["probabilities"].tolist()
         else:
@@ -246,10 +389,19 @@ def to_plain(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _predictions(body: Any) -> list[Any]:
+    """A reply's predictions, row by row, in either format."""
+    if "predictions" in body:
+        return list(body["predictions"])
+    outputs = body["outputs"]
+    names = list(outputs)
+    return [dict(zip(names, row, strict=True)) for row in zip(*outputs.values(), strict=True)]
+
+
 def decode_prediction(family: Family, body: Any) -> Prediction:
     """A response body -> the same values the in-process runner returns (float32 exact)."""
     try:
-        predictions = body["predictions"]
+        predictions = _predictions(body)
         if family is not Family.FACES:
             return Classes(
                 class_ids=np.asarray([p["class_id"] for p in predictions], dtype=np.int64),

@@ -17,16 +17,45 @@ class B64(BaseModel):
     b64: str = Field(description="standard base64")
 
 
+SIGNATURE = Field(
+    default=None, description='the signature: "serving_default", the only one (or omit it)'
+)
+FORMATS = (
+    'Row format: "instances", one item per instance (a value, or an object of named inputs). '
+    'Columnar format: "inputs" (a value holding the batch, or an object of named inputs each '
+    "holding it). Send one of them, not both (TF Serving's rule)."
+)
+
+
+class Features(BaseModel):
+    features: Float4
+
+
 class TabularRequest(BaseModel):
-    instances: list[Float4] = Field(
+    model_config = {"json_schema_extra": {"description": FORMATS}}
+    signature_name: str | None = SIGNATURE
+    instances: list[Float4 | Features] | None = Field(
+        default=None,
         description="rows of sepal length, sepal width, petal length, petal width (cm)",
         examples=[[[5.1, 3.5, 1.4, 0.2]]],
     )
+    inputs: list[Float4] | dict[str, list[Float4]] | None = Field(
+        default=None, description='the rows, or {"features": rows}'
+    )
+
+
+Digit = B64 | Annotated[list[Row28], Field(min_length=28, max_length=28)]
 
 
 class DigitsRequest(BaseModel):
-    instances: list[B64 | Annotated[list[Row28], Field(min_length=28, max_length=28)]] = Field(
-        description="28x28 uint8 images: 784 raw bytes ({'b64': ...} / bin) or 28 rows of 28 ints"
+    model_config = {"json_schema_extra": {"description": FORMATS}}
+    signature_name: str | None = SIGNATURE
+    instances: list[Digit] | None = Field(
+        default=None,
+        description="28x28 uint8 images: 784 raw bytes ({'b64': ...} / bin) or 28 rows of 28 ints",
+    )
+    inputs: list[Digit] | dict[str, list[Digit]] | None = Field(
+        default=None, description='the images, or {"image": images}'
     )
 
 
@@ -36,7 +65,12 @@ class FaceInstance(BaseModel):
 
 
 class FacesRequest(BaseModel):
-    instances: list[FaceInstance]
+    model_config = {"json_schema_extra": {"description": FORMATS}}
+    signature_name: str | None = SIGNATURE
+    instances: list[FaceInstance] | None = None
+    inputs: dict[str, list[Any]] | None = Field(
+        default=None, description='{"image": [images], "image_id": [ids]}'
+    )
 
 
 class Classification(BaseModel):
@@ -66,9 +100,10 @@ class FacesResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    error: str = Field(description="the error class, e.g. InvalidInput")
-    message: str
-    field: str | None = Field(default=None, description="the part of the request at fault")
+    error: str = Field(description="what was wrong (TF Serving's error body)")
+    field: str | None = Field(
+        default=None, description="the part of the request at fault (wiremark's addition)"
+    )
 
 
 def schema(model: type[BaseModel]) -> dict[str, Any]:

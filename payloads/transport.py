@@ -28,8 +28,21 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import grpc_codec, rest
-from .contract import JSON, MSGPACK, Batch, Family, Limits, PixelEncoding, Prediction
+from . import grpc_codec, rest, tfs_codec
+from .contract import (
+    GRPC_METADATA_METHOD,
+    GRPC_METHODS,
+    JSON,
+    MSGPACK,
+    Batch,
+    Family,
+    Limits,
+    PixelEncoding,
+    Prediction,
+    grpc_path,
+    metadata_path,
+    predict_path,
+)
 
 # The wires, as the result files name them (`reports/records.py` reads the same words).
 WIRE_GRPC = "grpc-h2"  # gRPC framing over HTTP/2
@@ -45,12 +58,15 @@ class UnknownTransport(ValueError):
 
 
 class BodyCodec(Protocol):
-    """What a batch becomes on the wire and back, for both ends.
+    """What a batch becomes on the wire and back, for both ends, and where it goes.
 
-    Client side: `encode_request` and `decode_reply`. Server side: `decode_request` (raises
+    Client side: `encode_request`, `decode_reply`, `route` (a gRPC method's path, or a REST
+    route), `metadata_call` and `decode_metadata`. Server side: `decode_request` (raises
     `InvalidInput` and the rest of `payloads.errors`, naming the field) and `encode_reply`.
-    On gRPC the model's name travels inside the message, so its server-side decode is the
-    gRPC server's (per method); `decode_request` there takes the parsed message."""
+    `decode_request` also returns what the reply must follow (a REST request's row or
+    columnar form, TF Serving's model spec and output filter; None when nothing), which the
+    server hands to `encode_reply`. On gRPC the model's name travels inside the message, so
+    the server parses it and `decode_request` takes the parsed message."""
 
     @property
     def media_type(self) -> str: ...
@@ -61,9 +77,17 @@ class BodyCodec(Protocol):
 
     def decode_reply(self, family: Family, body: bytes) -> Prediction: ...
 
-    def decode_request(self, family: Family, body: Any, limits: Limits) -> Batch: ...
+    def decode_request(self, family: Family, body: Any, limits: Limits) -> tuple[Batch, Any]: ...
 
-    def encode_reply(self, prediction: Prediction) -> bytes: ...
+    def encode_reply(self, prediction: Prediction, form: Any = None) -> bytes: ...
+
+    def route(self, family: Family, model: str) -> str: ...
+
+    def metadata_call(self, model: str) -> tuple[str, bytes]:
+        """(path, request body) asking for a model's metadata; an empty body is a GET."""
+        ...
+
+    def decode_metadata(self, body: bytes) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -80,11 +104,55 @@ class ProtobufCodec:
     def decode_reply(self, family: Family, body: bytes) -> Prediction:
         return grpc_codec.decode_prediction(family, body)
 
-    def decode_request(self, family: Family, body: Any, limits: Limits) -> Batch:
-        return grpc_codec.DECODERS[family](body, limits)
+    def decode_request(self, family: Family, body: Any, limits: Limits) -> tuple[Batch, Any]:
+        return grpc_codec.DECODERS[family](body, limits), None
 
-    def encode_reply(self, prediction: Prediction) -> bytes:
+    def encode_reply(self, prediction: Prediction, form: Any = None) -> bytes:
         return grpc_codec.encode_prediction(prediction).SerializeToString()
+
+    def route(self, family: Family, model: str) -> str:
+        return grpc_path(GRPC_METHODS[family])
+
+    def metadata_call(self, model: str) -> tuple[str, bytes]:
+        return grpc_path(GRPC_METADATA_METHOD), grpc_codec.metadata_request(model)
+
+    def decode_metadata(self, body: bytes) -> dict[str, Any]:
+        return grpc_codec.decode_metadata(body)
+
+
+@dataclass(frozen=True)
+class TensorProtoCodec:
+    """TF Serving's gRPC API (`tensorflow.serving.PredictionService`): PredictRequest with
+    TensorProto inputs, named and typed by each model's signature (`payloads/tfs_codec.py`)."""
+
+    media_type: str = "application/grpc"
+
+    def encode_request(
+        self, family: Family, model: str, batch: Batch, encoding: PixelEncoding
+    ) -> bytes:
+        request = tfs_codec.encode_request(family, model, batch, encoding)
+        return bytes(request.SerializeToString())
+
+    def decode_reply(self, family: Family, body: bytes) -> Prediction:
+        return tfs_codec.decode_response(family, body)
+
+    def decode_request(self, family: Family, body: Any, limits: Limits) -> tuple[Batch, Any]:
+        outputs = tfs_codec.check_outputs(family, body.output_filter)
+        spec = tfs_codec.Spec(body.model_spec.name, outputs)
+        return tfs_codec.decode_inputs(family, body.inputs, limits), spec
+
+    def encode_reply(self, prediction: Prediction, form: Any = None) -> bytes:
+        return tfs_codec.encode_response(prediction, form or tfs_codec.Spec("", ()))
+
+    def route(self, family: Family, model: str) -> str:
+        return tfs_codec.PREDICT_PATH
+
+    def metadata_call(self, model: str) -> tuple[str, bytes]:
+        request = tfs_codec.metadata_request(model)
+        return tfs_codec.METADATA_PATH, bytes(request.SerializeToString())
+
+    def decode_metadata(self, body: bytes) -> dict[str, Any]:
+        return tfs_codec.decode_metadata(body)
 
 
 @dataclass(frozen=True)
@@ -109,12 +177,21 @@ class RestCodec:
     def decode_reply(self, family: Family, body: bytes) -> Prediction:
         return rest.decode_prediction(family, self._parse(body))
 
-    def decode_request(self, family: Family, body: Any, limits: Limits) -> Batch:
+    def decode_request(self, family: Family, body: Any, limits: Limits) -> tuple[Batch, Any]:
         return rest.decode_request(family, self._parse(body), limits)
 
-    def encode_reply(self, prediction: Prediction) -> bytes:
-        reply = rest.encode_prediction(prediction)  # numpy values: orjson takes them as is
+    def encode_reply(self, prediction: Prediction, form: Any = None) -> bytes:
+        reply = rest.encode_prediction(prediction, form)  # numpy values: orjson takes them
         return rest.dump_msgpack(rest.to_plain(reply)) if self.binary else rest.dump_json(reply)
+
+    def route(self, family: Family, model: str) -> str:
+        return predict_path(model)
+
+    def metadata_call(self, model: str) -> tuple[str, bytes]:
+        return metadata_path(model), b""
+
+    def decode_metadata(self, body: bytes) -> dict[str, Any]:
+        return dict(rest.parse_body(body, JSON))
 
 
 @dataclass(frozen=True)
@@ -159,6 +236,13 @@ register(Transport("grpc", "gRPC", "gRPC", WIRE_GRPC, ProtobufCodec(), "grpcio")
 register(Transport("json", "JSON", "JSON", WIRE_HTTP1, RestCodec(JSON), "fastapi"))
 register(
     Transport("msgpack", "MessagePack", "MsgPack", WIRE_HTTP1, RestCodec(MSGPACK, True), "fastapi")
+)
+# TF Serving's gRPC API, served by the same grpcio server kind beside wiremark's own
+TFS = "tf-serving"
+register(
+    Transport(
+        "tfs-grpc", "TF Serving gRPC", "TFS gRPC", WIRE_GRPC, TensorProtoCodec(), "grpcio", TFS
+    )
 )
 
 

@@ -1,4 +1,7 @@
-"""The gRPC transport: grpcio's thread-pool server (default) or its asyncio server.
+"""The "grpcio" server kind: grpcio's thread-pool server (default) or its asyncio server,
+serving the gRPC services of every API whose transports name this kind: wiremark's own
+`wiremark.v1.Inference` (`grpc`, here) and TF Serving's PredictionService and ModelService
+(`tfs-grpc`, `servers/tfs_grpc.py`). A plugin adds an API with `register_grpc_api`.
 
 Methods are registered with pass-through (bytes) serializers, so protobuf parsing and
 serialization happen inside the handler and are timed as `decode` and `encode`; the timings
@@ -16,11 +19,13 @@ its poller thread on every call; the thread pool's hand-off is cheaper in grpcio
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import threading
 from collections.abc import Callable
 from concurrent import futures
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -49,6 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SERVER_KIND = "grpcio"
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 GRPC_MODES = ("threads", "aio")  # the first is the default
 DEFAULT_THREADS = 16  # the thread-pool server's workers
 
@@ -102,47 +109,86 @@ def bind_insecure(server: Any, host: str, port: int) -> int:
     return bound
 
 
-class Handlers:
-    """What the asyncio and thread servers share: each method's pipeline, metadata, and the
-    mapping of failures to gRPC status codes."""
+@dataclass(frozen=True)
+class Method:
+    """One unary method: a `Pipeline` (decode, infer, encode: timed, its laps sent back as
+    `server-timing`) or a plain `handler` (bytes -> bytes: metadata, status)."""
 
-    def __init__(self, service: ModelService, delay_s: float = 0.0) -> None:
-        self.service = service
-        self.delay_s = delay_s
-        self.codec = transports.ProtobufCodec()
+    pipeline: Pipeline | None = None
+    handler: Callable[[bytes], bytes] | None = None
 
-    def decoder(self, family: Family) -> Callable[[bytes], tuple[Runner, Batch]]:
-        """`decode(data) -> (runner, batch)` for one method's requests (the model's name
-        travels inside the message), with what every request needs looked up once."""
+
+# service's full name -> method name -> Method
+Services = dict[str, dict[str, Method]]
+
+
+@dataclass(frozen=True)
+class GrpcApi:
+    """The gRPC services of one API (a transport's `api`): `module.services(service,
+    delay_s)` builds them. Imported on first use, as server kinds are."""
+
+    name: str
+    module: str
+
+    def services(self, service: ModelService, delay_s: float) -> Services:
+        built: Services = importlib.import_module(self.module).services(service, delay_s)
+        return built
+
+
+GRPC_APIS: dict[str, GrpcApi] = {}
+
+
+def register_grpc_api(api: GrpcApi) -> GrpcApi:
+    GRPC_APIS[api.name] = api
+    return api
+
+
+def failure(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """A request's failure as the gRPC status it earns (a bug is INTERNAL, and logged)."""
+    if isinstance(exc, WiremarkError):
+        return grpc_status(exc), str(exc)
+    log.exception("internal error while serving a request")
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def services(service: ModelService, delay_s: float) -> Services:
+    """wiremark's own API, `wiremark.v1.Inference`: one typed method per model family."""
+    codec = transports.ProtobufCodec()
+    runners = service.runners
+
+    def decoder(family: Family) -> Callable[[bytes], tuple[Runner, Batch, Any]]:
+        """`decode(data) -> (runner, batch, None)` for one method's requests (the model's
+        name travels inside the message), with what every request needs looked up once."""
         request_type = grpc_codec.REQUEST_TYPES[family]
-        decode_batch = grpc_codec.DECODERS[family]  # the codec's, bound for this method
-        service, runners = self.service, self.service.runners
 
-        def decode(data: bytes) -> tuple[Runner, Batch]:
+        def decode(data: bytes) -> tuple[Runner, Batch, Any]:
             request: Any = grpc_codec.parse(request_type, data)
-            runner = runners.get(request.model) or service.runner(request.model)  # or raise
+            name = request.model
+            runner = runners.get(name)
+            if runner is None:
+                runner = service.runner(grpc_codec.check_model_name(name, request_type))
             if runner.family is not family:
                 method = GRPC_METHODS[runner.family]
                 raise InvalidInput(
                     f"model {runner.name!r} is served by {method}, not this method", "model"
                 )
-            return runner, decode_batch(request, service.limits(runner))
+            batch, form = codec.decode_request(family, request, service.limits(runner))
+            return runner, batch, form
 
         return decode
 
-    def pipeline(self, family: Family) -> Pipeline:
-        return Pipeline(self.decoder(family), self.codec.encode_reply, self.delay_s)
-
-    def metadata(self, data: bytes) -> bytes:
-        request = grpc_codec.parse(pb.MetadataRequest, data)
-        info = self.service.runner(request.model).metadata()  # type: ignore[attr-defined]
+    def metadata(data: bytes) -> bytes:
+        request: Any = grpc_codec.parse(pb.MetadataRequest, data)
+        name = grpc_codec.check_model_name(request.model, pb.MetadataRequest)
+        info = service.runner(name).metadata()
         return pb.ModelMetadata(**_metadata_fields(info)).SerializeToString()  # type: ignore[arg-type]
 
-    def failure(self, exc: Exception) -> tuple[grpc.StatusCode, str]:
-        if isinstance(exc, WiremarkError):
-            return grpc_status(exc), str(exc)
-        log.exception("internal error while serving a request")
-        return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    methods = {
+        name: Method(Pipeline(decoder(family), codec.encode_reply, delay_s))
+        for family, name in GRPC_METHODS.items()
+    }
+    methods[GRPC_METADATA_METHOD] = Method(handler=metadata)
+    return {GRPC_SERVICE: methods}
 
 
 def _metadata_fields(info: dict[str, object]) -> dict[str, object]:
@@ -150,12 +196,9 @@ def _metadata_fields(info: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in info.items() if k in keep}
 
 
-class AioInference:
-    def __init__(self, handlers: Handlers) -> None:
-        self.h = handlers
-
-    def method(self, family: Family) -> Callable[..., Any]:
-        run, failure = self.h.pipeline(family).run_async, self.h.failure
+def _aio(method: Method) -> Callable[..., Any]:
+    if method.pipeline is not None:
+        run = method.pipeline.run_async
 
         async def call(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
@@ -166,21 +209,22 @@ class AioInference:
             return out
 
         return call
+    handler = method.handler
+    assert handler is not None
 
-    async def metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def plain(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return self.h.metadata(data)
+            return handler(data)
         except Exception as exc:
-            await context.abort(*self.h.failure(exc))
+            await context.abort(*failure(exc))
             raise  # unreachable: abort raises
 
+    return plain
 
-class ThreadInference:
-    def __init__(self, handlers: Handlers) -> None:
-        self.h = handlers
 
-    def method(self, family: Family) -> Callable[..., Any]:
-        run, failure = self.h.pipeline(family).run, self.h.failure
+def _threads(method: Method) -> Callable[..., Any]:
+    if method.pipeline is not None:
+        run = method.pipeline.run
 
         def call(data: bytes, context: grpc.ServicerContext) -> bytes:
             try:
@@ -191,29 +235,41 @@ class ThreadInference:
             return out
 
         return call
+    handler = method.handler
+    assert handler is not None
 
-    def metadata(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+    def plain(data: bytes, context: grpc.ServicerContext) -> bytes:
         try:
-            return self.h.metadata(data)
+            return handler(data)
         except Exception as exc:
-            context.abort(*self.h.failure(exc))
+            context.abort(*failure(exc))
             raise
 
-
-def generic_handler(impl: AioInference | ThreadInference) -> grpc.GenericRpcHandler:
-    methods = {
-        name: grpc.unary_unary_rpc_method_handler(impl.method(family))
-        for family, name in GRPC_METHODS.items()
-    }
-    methods[GRPC_METADATA_METHOD] = grpc.unary_unary_rpc_method_handler(impl.metadata)
-    return grpc.method_handlers_generic_handler(GRPC_SERVICE, methods)
+    return plain
 
 
-REFLECTED = (
-    pb.DESCRIPTOR.services_by_name["Inference"].full_name,
-    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-    reflection.SERVICE_NAME,
-)
+def generic_handlers(built: Services, mode: str) -> list[grpc.GenericRpcHandler]:
+    wrap = _aio if mode == "aio" else _threads
+    return [
+        grpc.method_handlers_generic_handler(
+            name, {m: grpc.unary_unary_rpc_method_handler(wrap(h)) for m, h in methods.items()}
+        )
+        for name, methods in built.items()
+    ]
+
+
+register_grpc_api(GrpcApi("wiremark", "wiremark.servers.grpc_server"))
+register_grpc_api(GrpcApi("tf-serving", "wiremark.servers.tfs_grpc"))
+
+
+def served_services(service: ModelService, delay_s: float) -> Services:
+    """The services of every API whose transports this server kind serves."""
+    built: Services = {}
+    for api in dict.fromkeys(t.api for t in transports.served_by(SERVER_KIND)):
+        if api not in GRPC_APIS:
+            raise ValueError(f"no gRPC API {api!r} is registered (register_grpc_api)")
+        built |= GRPC_APIS[api].services(service, delay_s)
+    return built
 
 
 class GrpcServer:
@@ -240,6 +296,7 @@ class GrpcServer:
         self.reuse_port = reuse_port
         self.server: Any = None
         self.health: Any = None
+        self.services: tuple[str, ...] = ()
 
     def _build(self) -> None:
         """Create the grpc server; in asyncio mode this must run inside the event loop."""
@@ -248,24 +305,25 @@ class GrpcServer:
         self.server, self.health = new_server(
             self.mode, config.max_body_bytes, self.threads, config.compression, self.reuse_port
         )
-        handlers = Handlers(self.service, delay_s)
-        impl = AioInference(handlers) if self.mode == "aio" else ThreadInference(handlers)
-        self.server.add_generic_rpc_handlers((generic_handler(impl),))
-        reflection.enable_server_reflection(REFLECTED, self.server)
+        built = served_services(self.service, delay_s)
+        self.server.add_generic_rpc_handlers(generic_handlers(built, self.mode))
+        self.services = tuple(built)
+        reflected = (*self.services, HEALTH_SERVICE, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(reflected, self.server)
 
     def bind(self) -> int:
         self.port = bind_insecure(self.server, self.host, self.port)
         return self.port
 
     def set_serving(self, serving: bool) -> list[Any]:
-        """Set the overall ("") and the Inference service's health; the asyncio servicer
+        """Set the overall ("") and every served service's health; the asyncio servicer
         returns coroutines to await."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        return [self.health.set(name, status) for name in ("", GRPC_SERVICE)]
+        return [self.health.set(name, status) for name in ("", *self.services)]
 
     async def run_aio(self, on_bound: Callable[[int], None], grace_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -331,4 +389,5 @@ def describe(options: ServeOptions) -> str:
         flavour = "grpc.aio server (asyncio)"
     else:
         flavour = f"grpcio thread-pool server ({DEFAULT_THREADS} threads)"
-    return f"{flavour}, protobuf, pass-through serializers (parse and serialize timed)"
+    apis = ", ".join(dict.fromkeys(t.api for t in transports.served_by(SERVER_KIND)))
+    return f"{flavour}, protobuf, pass-through serializers (parse, serialize timed); APIs: {apis}"

@@ -3,20 +3,24 @@ every transport registered with this kind (JSON with orjson and MessagePack with
 built in), chosen per request by Content-Type; each route and codec runs the one pipeline
 of `servers/pipeline.py`.
 
-Routes follow TF Serving: `POST /v1/models/<model>:predict` with {"instances": [...]} ->
-{"predictions": [...]}, `GET /v1/models/<model>` for metadata, `GET /healthz` (200 SERVING
-once every model is loaded and warm, 503 before). Bodies are parsed by the codecs in
+Routes are TF Serving's REST API: `POST /v1/models/<m>[/versions/<v>|/labels/<l>]:predict`
+in the row (`instances` -> `predictions`) or columnar (`inputs` -> `outputs`) format,
+`GET /v1/models/<m>[...]` for the model's status and `.../metadata` for its signature;
+`:classify` and `:regress` answer 400 (no model here has their signatures). wiremark adds
+`GET /healthz` (200 SERVING once every model is loaded and warm, 503 before), `GET
+/v1/models` and the OpenAPI docs at /docs. Bodies are parsed by the codecs in
 `wiremark.payloads.transport`, not by pydantic on the request path; the pydantic schemas only
-document each model's request and response in the OpenAPI docs at /docs. Every prediction
-carries a `Server-Timing` header: decode, infer, encode.
+document each model's request and response. Every prediction carries a `Server-Timing`
+header: decode, infer, encode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import zlib
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 
-from wiremark.payloads import rest, schemas
+from wiremark.payloads import rest, schemas, signatures, tfs_codec
 from wiremark.payloads import transport as transports
 from wiremark.payloads.contract import JSON, MODEL_FAMILIES, MSGPACK_ALIASES, Family
 from wiremark.payloads.errors import (
+    InvalidInput,
     MalformedBody,
     ServerFault,
     TooLarge,
@@ -71,6 +76,8 @@ def media_codecs() -> dict[str, transports.BodyCodec]:
         codecs[t.media_type] = t.codec
         if t.media_type in MSGPACK_ALIASES:
             codecs.update(dict.fromkeys(MSGPACK_ALIASES, t.codec))
+        if t.media_type == JSON:  # what curl sends by default, read as JSON, as TF Serving does
+            codecs.update(dict.fromkeys(rest.JSON_ALIASES, t.codec))
     return codecs
 
 
@@ -132,6 +139,25 @@ def gunzip(body: bytes, limit: int) -> bytes:
     return out
 
 
+UNSERVED_VERBS = ("classify", "regress")  # TF Serving's verbs for tf.Example signatures
+
+
+def model_paths(name: str) -> tuple[str, ...]:
+    """A model's REST paths, as TF Serving's: latest, a version, a label."""
+    base = f"/v1/models/{name}"
+    return (base, f"{base}/versions/{{version}}", f"{base}/labels/{{label}}")
+
+
+def error_responses(*codes: tuple[int, str]) -> dict[str, Any]:
+    return {
+        str(code): {
+            "description": text,
+            "content": {JSON: {"schema": schemas.schema(schemas.ErrorBody)}},
+        }
+        for code, text in codes
+    }
+
+
 def create_app(service: ModelService, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
     """The app for a service whose models may still be loading; the lifespan loads them.
     `on_load_failure` runs if loading fails (the server process uses it to exit)."""
@@ -173,8 +199,13 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        body = {"error": "HTTPError", "message": str(exc.detail), "field": "path"}
-        return Response(rest.dump_json(body), status_code=exc.status_code, media_type=JSON)
+        body = {"error": str(exc.detail), "field": "path"}
+        return Response(
+            rest.dump_json(body),
+            status_code=exc.status_code,
+            media_type=JSON,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
@@ -192,10 +223,11 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
     medias = tuple(dict.fromkeys(codec.media_type for codec in codecs.values()))
 
     def add_predict_route(name: str, family: Family) -> None:
-        def decoder(codec: transports.BodyCodec) -> Callable[[bytes], tuple[Runner, Any]]:
-            def decode(body: bytes) -> tuple[Runner, Any]:
+        def decoder(codec: transports.BodyCodec) -> Callable[[bytes], tuple[Runner, Any, Any]]:
+            def decode(body: bytes) -> tuple[Runner, Any, Any]:
                 runner = runners.get(name) or service.runner(name)
-                return runner, codec.decode_request(family, body, service.limits(runner))
+                batch, form = codec.decode_request(family, body, service.limits(runner))
+                return runner, batch, form
 
             return decode
 
@@ -207,6 +239,9 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
 
         async def predict(request: Request) -> Response:
             service.runner(name)  # still loading: 503 before anything else
+            params = request.path_params
+            if params:
+                check_version(name, params)
             media, declared, encoding = body_headers(request.scope)
             body = await read_body(request, limit, declared, encoding)
             chosen = pipelines.get(media)
@@ -217,50 +252,119 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
             return Response(content, media_type=chosen[1], headers={"server-timing": laps.header()})
 
         content = {m: {"schema": schemas.schema(REQUEST_SCHEMAS[family])} for m in medias}
-        app.add_api_route(
-            f"/v1/models/{name}:predict",
-            predict,
-            methods=["POST"],
-            tags=["predict"],
-            summary=f"Predict with {name}",
-            response_class=Response,
-            openapi_extra={
-                "requestBody": {"required": True, "content": content},
-                "responses": {
-                    "200": {
-                        "description": "predictions, in the request's media type",
-                        "content": {
-                            m: {"schema": schemas.schema(RESPONSE_SCHEMAS[family])} for m in medias
-                        },
-                    },
-                    **{
-                        str(code): {
-                            "description": text,
-                            "content": {JSON: {"schema": schemas.schema(schemas.ErrorBody)}},
-                        }
-                        for code, text in (
-                            (400, "invalid JSON or MessagePack"),
-                            (413, "batch or body above the limit"),
-                            (415, "unsupported Content-Type"),
-                            (422, "a value is wrong: shape, type, NaN, undecodable image"),
-                            (503, "models still loading"),
-                        )
+        documented = {
+            "requestBody": {"required": True, "content": content},
+            "responses": {
+                "200": {
+                    "description": "predictions, in the request's media type",
+                    "content": {
+                        m: {"schema": schemas.schema(RESPONSE_SCHEMAS[family])} for m in medias
                     },
                 },
+                **error_responses(
+                    (400, "invalid body, or a value is wrong: shape, type, NaN, bad image"),
+                    (404, "no such model, version, label or signature"),
+                    (415, "unsupported Content-Type"),
+                    (429, "batch or body above the limit (TF Serving's RESOURCE_EXHAUSTED)"),
+                    (503, "models still loading"),
+                ),
             },
-        )
+        }
+        for prefix in model_paths(name):
+            app.add_api_route(
+                f"{prefix}:predict",
+                predict,
+                methods=["POST"],
+                tags=["predict"],
+                summary=f"Predict with {name}",
+                response_class=Response,
+                openapi_extra=documented,
+            )
+            for verb in UNSERVED_VERBS:
+                app.add_api_route(
+                    f"{prefix}:{verb}", unserved(verb), methods=["POST"], include_in_schema=False
+                )
 
-    @app.get("/v1/models/{model}", tags=["models"])
-    async def metadata(model: str) -> Response:
-        return Response(rest.dump_json(service.runner(model).metadata()), media_type=JSON)
+    def check_version(name: str, params: Mapping[str, str]) -> None:
+        """A version or label in the path: one this server has, or UnknownModel (404)."""
+        text, label = params.get("version"), params.get("label")
+        version = None
+        if text is not None:
+            if not text.isdigit():
+                raise InvalidInput(f"version {text[:32]!r} is not a number", "version")
+            version = int(text)
+        if signatures.resolve_version(version, label) is None:
+            raise UnknownModel(
+                "Servable not found for request: "
+                + signatures.servable(name, version, label and label[:64]),
+                "version" if text is not None else "label",
+            )
+
+    def unserved(verb: str) -> Callable[..., Any]:
+        async def refuse(request: Request) -> Response:
+            raise InvalidInput(
+                f"Expected a {verb} signature (method_name tensorflow/serving/{verb}); the "
+                f"model has one predict signature ({signatures.SIGNATURE_NAME!r}): use :predict",
+                "signature_name",
+            )
+
+        return refuse
+
+    def known(model: str, params: Mapping[str, str]) -> Runner:
+        if ":" in model or any(":" in v for v in params.values()):
+            # a predict route asked with GET: it matched no POST route, and matches this
+            raise StarletteHTTPException(405, "use POST for :predict", headers={"Allow": "POST"})
+        runner = service.runner(model)
+        check_version(model, params)
+        return runner
+
+    async def status(request: Request) -> Response:
+        params = dict(request.path_params)
+        model = params.pop("model")
+        loading = not service.ready and model in service.config.models
+        if not loading:
+            known(model, params)
+        state = "LOADING" if loading else "AVAILABLE"
+        return Response(rest.dump_json(tfs_codec.rest_status(state)), media_type=JSON)
+
+    async def metadata(request: Request) -> Response:
+        params = dict(request.path_params)
+        model = params.pop("model")
+        runner = known(model, params)
+        body = tfs_codec.rest_metadata(model, runner.family)
+        body["metadata"]["wiremark"] = runner.metadata()  # wiremark's own, beside TF Serving's
+        return Response(rest.dump_json(body), media_type=JSON)
 
     for name in service.config.models:
         add_predict_route(name, MODEL_FAMILIES[name])
 
-    @app.post("/v1/models/{model}:predict", include_in_schema=False)
-    async def unknown(model: str) -> Response:
+    for prefix in model_paths("{model}"):
+        app.add_api_route(
+            prefix,
+            status,
+            methods=["GET"],
+            tags=["models"],
+            summary="Model status (TF Serving's model_version_status)",
+            response_class=Response,
+        )
+        app.add_api_route(
+            f"{prefix}/metadata",
+            metadata,
+            methods=["GET"],
+            tags=["models"],
+            summary="Model metadata: signature_def, and wiremark's own under 'wiremark'",
+            response_class=Response,
+        )
+
+    @app.post("/v1/models/{path:path}", include_in_schema=False)
+    async def unknown(path: str) -> Response:
+        model = re.split(r"[/:]", path, maxsplit=1)[0]
+        if model in service.runners or model in service.config.models:
+            raise StarletteHTTPException(
+                404, f"no such route; POST /v1/models/{model}:predict", headers=None
+            )
         raise UnknownModel(
-            f"no model named {model!r} is loaded (loaded: {', '.join(service.config.models)})",
+            f"no model named {model[:64]!r} is loaded (loaded: {', '.join(service.config.models)})",
             "model",
         )
 

@@ -22,10 +22,11 @@ from wiremark.payloads.timing import Laps
 
 from .runner import Runner
 
-# bytes (or a parsed message) in -> the runner to use and its decoded batch; raises the
-# errors of `payloads.errors`, naming the field at fault
-Decode = Callable[[Any], tuple[Runner, Batch]]
-Encode = Callable[[Prediction], bytes]
+# bytes (or a parsed message) in -> the runner to use, its decoded batch, and what the reply
+# must follow (the codec's `form`: a REST request's format, TF Serving's model spec; None
+# when nothing); raises the errors of `payloads.errors`, naming the field at fault
+Decode = Callable[[Any], tuple[Runner, Batch, Any]]
+Encode = Callable[[Prediction, Any], bytes]
 
 
 def infer(runner: Runner, batch: Batch, laps: Laps) -> Prediction:
@@ -43,19 +44,19 @@ class Pipeline:
     def run(self, data: Any) -> tuple[bytes, Laps]:
         """The request path on the calling thread."""
         laps = Laps()
-        runner, batch = self.decode(data)
+        runner, batch, form = self.decode(data)
         laps.lap("decode")
         if self.delay_s:
             time.sleep(self.delay_s)
             laps.restart()
-        out = self.encode(infer(runner, batch, laps))
+        out = self.encode(infer(runner, batch, laps), form)
         laps.lap("encode")
         return out, laps
 
     async def run_async(self, data: Any) -> tuple[bytes, Laps]:
         """The request path on an event loop; a runner marked `offload` infers on a thread."""
         laps = Laps()
-        runner, batch = self.decode(data)
+        runner, batch, form = self.decode(data)
         laps.lap("decode")
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
@@ -65,6 +66,6 @@ class Pipeline:
             prediction = await loop.run_in_executor(None, infer, runner, batch, laps)
         else:
             prediction = infer(runner, batch, laps)
-        out = self.encode(prediction)
+        out = self.encode(prediction, form)
         laps.lap("encode")
         return out, laps

@@ -44,7 +44,15 @@ def driver(transport: str) -> Driver:
     return for_wire(registry.get(transport).wire)
 
 
-CODEC_METHODS = ("encode_request", "decode_reply", "decode_request", "encode_reply")
+CODEC_METHODS = (
+    "encode_request",
+    "decode_reply",
+    "decode_request",
+    "encode_reply",
+    "route",
+    "metadata_call",
+    "decode_metadata",
+)
 
 
 def incomplete(transport: registry.Transport) -> list[str]:

@@ -109,10 +109,6 @@ class Driver(ABC):
         """True when the server says SERVING; False while it loads or does not answer."""
 
     @abstractmethod
-    def predict_path(self, model: str, family: Family) -> str:
-        """The path a prediction for `model` goes to."""
-
-    @abstractmethod
     def send(self, address: str, path: str, body: bytes, media: str, timeout: float) -> bytes:
         """One request with a raw body; the reply body (a RuntimeError naming the problem)."""
 

@@ -23,15 +23,7 @@ from typing import Any, ClassVar
 import grpc
 
 from wiremark.payloads import errors
-from wiremark.payloads import wiremark_pb2 as pb
-from wiremark.payloads.contract import (
-    GRPC_ECHO_PATH,
-    GRPC_METADATA_METHOD,
-    GRPC_METHODS,
-    SERVER_TIMING,
-    Family,
-    grpc_path,
-)
+from wiremark.payloads.contract import GRPC_ECHO_PATH, SERVER_TIMING, Family
 from wiremark.payloads.timing import parse_server_timing
 from wiremark.payloads.transport import WIRE_GRPC, Transport
 
@@ -52,28 +44,30 @@ class GrpcClient(Client):
             raise errors.Unreachable(
                 f"no gRPC server answered at {address} within {wait:g} s"
             ) from None
-        self._calls = {m: self.channel.unary_unary(grpc_path(m)) for m in GRPC_METHODS.values()}
-        self._metadata = self.channel.unary_unary(grpc_path(GRPC_METADATA_METHOD))
+        self._calls: dict[str, Any] = {}
+
+    def _call(self, path: str) -> Any:
+        call = self._calls.get(path)
+        if call is None:
+            call = self._calls[path] = self.channel.unary_unary(path)
+        return call
 
     def exchange(self, model: str, family: Family, body: bytes) -> tuple[bytes, dict[str, float]]:
         try:
-            reply, call = self._calls[GRPC_METHODS[family]].with_call(body, timeout=self.timeout)
+            route = self.codec.route(family, model)
+            reply, call = self._call(route).with_call(body, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise errors.from_grpc(exc.code(), exc.details()) from None
         timing = dict(call.trailing_metadata() or ()).get(SERVER_TIMING)
         return reply, parse_server_timing(timing)  # type: ignore[arg-type]
 
     def metadata(self, model: str) -> dict[str, Any]:
+        path, request = self.codec.metadata_call(model)
         try:
-            reply = self._metadata(
-                pb.MetadataRequest(model=model).SerializeToString(), timeout=self.timeout
-            )
+            reply = self._call(path)(request, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise errors.from_grpc(exc.code(), exc.details()) from None
-        meta = pb.ModelMetadata.FromString(reply)
-        return {f.name: getattr(meta, f.name) for f in meta.DESCRIPTOR.fields} | {
-            "versions": dict(meta.versions)
-        }
+        return self.codec.decode_metadata(reply)
 
     def close(self) -> None:
         self.channel.close()
@@ -96,7 +90,7 @@ def _lean_user() -> type[Any]:
             self.conn.connect()  # ready before timing, as a grpcio channel is
             family = self.family
             body = self.codec.encode_request(family, w.model, w.batch, w.encoding)
-            path = grpc_path(GRPC_METHODS[family])
+            path = self.codec.route(family, w.model)
             self.call = self.conn.prepare(path, body, gzip=w.compression == "gzip")
 
         def on_stop(self) -> None:
@@ -131,7 +125,7 @@ def _library_user() -> type[Any]:
             )
             grpc.channel_ready_future(self.channel).result(timeout=30)
             family = self.family
-            self.call = self.channel.unary_unary(grpc_path(GRPC_METHODS[family]))
+            self.call = self.channel.unary_unary(self.codec.route(family, w.model))
             self.body = self.codec.encode_request(family, w.model, w.batch, w.encoding)
 
         def on_stop(self) -> None:
@@ -175,9 +169,6 @@ class GrpcDriver(Driver):
             except grpc.RpcError:
                 return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-    def predict_path(self, model: str, family: Family) -> str:
-        return grpc_path(GRPC_METHODS[family])
 
     def send(self, address: str, path: str, body: bytes, media: str, timeout: float) -> bytes:
         try:

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import httpx
 
 from wiremark.payloads import errors
-from wiremark.payloads.contract import HTTP_ECHO_PATH, Family, metadata_path, predict_path
+from wiremark.payloads.contract import HTTP_ECHO_PATH, Family
 from wiremark.payloads.timing import parse_server_timing
 from wiremark.payloads.transport import WIRE_HTTP1, Transport
 
@@ -55,7 +55,10 @@ class HttpClient(Client):
 
     def exchange(self, model: str, family: Family, body: bytes) -> tuple[bytes, dict[str, float]]:
         response = self._send(
-            "POST", predict_path(model), content=body, headers={"content-type": self.media}
+            "POST",
+            self.codec.route(family, model),
+            content=body,
+            headers={"content-type": self.media},
         )
         media = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media != self.media:
@@ -65,7 +68,12 @@ class HttpClient(Client):
         return response.content, parse_server_timing(response.headers.get("server-timing"))
 
     def metadata(self, model: str) -> dict[str, Any]:
-        return self._send("GET", metadata_path(model)).json()  # type: ignore[no-any-return]
+        path, request = self.codec.metadata_call(model)
+        if request:
+            reply = self._send("POST", path, content=request, headers={"content-type": self.media})
+        else:
+            reply = self._send("GET", path)
+        return self.codec.decode_metadata(reply.content)
 
     def close(self) -> None:
         self.http.close()
@@ -93,7 +101,7 @@ def _lean_user() -> type[Any]:
             host, port = self.address.rsplit(":", 1)
             self.http = Connection(host, int(port), timeout=30)
             body, headers = _request(self.workload, self.codec, self.family)
-            path = predict_path(self.workload.model)
+            path = self.codec.route(self.family, self.workload.model)
             self.request_bytes = prepare("POST", host, int(port), path, headers, body)
 
         def on_stop(self) -> None:
@@ -131,7 +139,7 @@ def _library_user() -> type[Any]:
                 limits=httpx.Limits(max_connections=1),
             )
             self.body, self.headers = _request(self.workload, self.codec, self.family)
-            self.path = predict_path(self.workload.model)
+            self.path = self.codec.route(self.family, self.workload.model)
 
         def on_stop(self) -> None:
             self.http.close()
@@ -180,9 +188,6 @@ class HttpDriver(Driver):
             return httpx.get(f"http://{address}/healthz", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
-
-    def predict_path(self, model: str, family: Family) -> str:
-        return predict_path(model)
 
     def send(self, address: str, path: str, body: bytes, media: str, timeout: float) -> bytes:
         try:
