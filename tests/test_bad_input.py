@@ -49,59 +49,60 @@ TINY = pillow_image((8, 8), "PNG")
 TIFF = pillow_image((64, 64), "TIFF")  # decodable by Pillow, not a documented format
 DIGIT = samples.mnist_digits(1)[0][0]
 
-# (case, model, JSON-ish body with bytes for binary values, expected HTTP status, field)
+# (case, model, JSON-ish body with bytes for binary values, expected HTTP status, field):
+# TF Serving's statuses, INVALID_ARGUMENT 400 and RESOURCE_EXHAUSTED 429
 REST_CASES = [
-    ("wrong shape", "iris", {"instances": [[5.1, 3.5, 1.4]]}, 422, "instances[0]"),
-    ("ragged rows", "iris", {"instances": [[5.1, 3.5, 1.4, 0.2], [1.0]]}, 422, "instances[1]"),
-    ("wrong type", "iris", {"instances": [["a", "b", "c", "d"]]}, 422, "instances[0]"),
-    ("bool feature", "iris", {"instances": [[True, 3.5, 1.4, 0.2]]}, 422, "instances[0]"),
-    ("beyond float32", "iris", {"instances": [[1e39, 3.5, 1.4, 0.2]]}, 422, "instances[0]"),
-    ("not a list", "iris", {"instances": "5.1,3.5"}, 422, "instances"),
-    ("no instances", "iris", {"rows": [[5.1, 3.5, 1.4, 0.2]]}, 422, "instances"),
-    ("empty batch", "iris", {"instances": []}, 422, "instances"),
+    ("wrong shape", "iris", {"instances": [[5.1, 3.5, 1.4]]}, 400, "instances[0]"),
+    ("ragged rows", "iris", {"instances": [[5.1, 3.5, 1.4, 0.2], [1.0]]}, 400, "instances[1]"),
+    ("wrong type", "iris", {"instances": [["a", "b", "c", "d"]]}, 400, "instances[0]"),
+    ("bool feature", "iris", {"instances": [[True, 3.5, 1.4, 0.2]]}, 400, "instances[0]"),
+    ("beyond float32", "iris", {"instances": [[1e39, 3.5, 1.4, 0.2]]}, 400, "instances[0]"),
+    ("not a list", "iris", {"instances": "5.1,3.5"}, 400, "instances"),
+    ("no instances", "iris", {"rows": [[5.1, 3.5, 1.4, 0.2]]}, 400, "instances"),
+    ("empty batch", "iris", {"instances": []}, 400, "instances"),
     (
         "batch above limit",
         "iris",
         {"instances": [[5.1, 3.5, 1.4, 0.2]] * (MAX_BATCH + 1)},
-        413,
+        429,
         "instances",
     ),
-    ("digit wrong size", "mnist", {"instances": [b"\x00" * 100]}, 422, "instances[0]"),
-    ("digit out of range", "mnist", {"instances": [[[300] * 28] * 28]}, 422, "instances"),
-    ("digit wrong shape", "mnist", {"instances": [[[1] * 27] * 28]}, 422, "instances"),
+    ("digit wrong size", "mnist", {"instances": [b"\x00" * 100]}, 400, "instances[0]"),
+    ("digit out of range", "mnist", {"instances": [[[300] * 28] * 28]}, 400, "instances"),
+    ("digit wrong shape", "mnist", {"instances": [[[1] * 27] * 28]}, 400, "instances"),
     (
         "undecodable image",
         "face",
         {"instances": [{"image_id": "x", "image": BAD_IMAGE}]},
-        422,
+        400,
         "instances[0].image",
     ),
     (
         "empty image",
         "face",
         {"instances": [{"image_id": "x", "image": b""}]},
-        422,
+        400,
         "instances[0].image",
     ),
     (
         "pixel bomb",
         "face",
         {"instances": [{"image_id": "x", "image": BOMB}]},
-        422,
+        400,
         "instances[0].image",
     ),
     (
         "image too small",
         "face",
         {"instances": [{"image_id": "x", "image": TINY}]},
-        422,
+        400,
         "instances[0].image",
     ),
     (
         "undocumented format",
         "face",
         {"instances": [{"image_id": "x", "image": TIFF}]},
-        422,
+        400,
         "instances[0].image",
     ),
     ("unknown model", "resnet", {"instances": [[1, 2, 3, 4]]}, 404, "model"),
@@ -144,7 +145,7 @@ def test_rest_rejects(transport, case, model, body, status, field, servers, http
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == JSON
     error = response.json()
-    assert error["field"] == field and error["message"]
+    assert error["field"] == field and error["error"]
     still_serving(transport, clients)
 
 
@@ -152,9 +153,9 @@ def test_rest_rejects(transport, case, model, body, status, field, servers, http
 def test_msgpack_rejects_non_finite(row, servers, http_client, clients):
     payload = msgpack.packb({"instances": [[5.1, 3.5, 1.4, 0.2], row]})
     response = http_raw(http_client, servers["msgpack"].address, "iris", payload, MSGPACK)
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.json()["field"] == "instances[1]"
-    assert "finite" in response.json()["message"]
+    assert "finite" in response.json()["error"]
     still_serving("msgpack", clients)
 
 
@@ -164,13 +165,15 @@ def test_msgpack_rejects_non_finite(row, servers, http_client, clients):
         ("json", b'{"instances": [[5.1, 3.5', JSON, 400),
         ("json", b'{"instances": [[NaN, 3.5, 1.4, 0.2]]}', JSON, 400),
         ("msgpack", b"\xc1\xc1\xc1", MSGPACK, 400),
-        ("json", b"instances=1", "application/x-www-form-urlencoded", 415),
-        ("json", b"x" * (MAX_BODY + 1), JSON, 413),
+        ("json", b"instances=1", "application/x-www-form-urlencoded", 400),
+        ("json", b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}', "text/plain", 415),
+        ("json", b"x" * (MAX_BODY + 1), JSON, 429),
     ],
     ids=[
         "invalid-json",
         "json-nan-literal",
         "invalid-msgpack",
+        "form-not-json",
         "wrong-content-type",
         "oversize-body",
     ],
@@ -181,7 +184,7 @@ def test_rest_rejects_bodies(
     response = http_raw(http_client, servers[transport].address, "iris", payload, content_type)
     assert response.status_code == status
     error = response.json()
-    assert error["message"] and error["error"]
+    assert error["error"] and error["field"]
     still_serving(transport, clients)
 
 
@@ -197,7 +200,7 @@ def test_rest_rejects_an_oversize_chunked_body(servers, http_client, clients):
         content=chunks(),
         headers={"content-type": JSON},
     )
-    assert response.status_code == 413
+    assert response.status_code == 429
     assert response.json()["field"] == "body"
     still_serving("json", clients)
 
@@ -219,7 +222,7 @@ def test_rest_reads_the_media_type_from_a_full_content_type(
 def test_rest_unknown_model_metadata(servers, http_client):
     response = http_client.get(f"http://{servers['json'].address}{metadata_path('resnet')}")
     assert response.status_code == 404
-    assert "resnet" in response.json()["message"]
+    assert "resnet" in response.json()["error"]
 
 
 GRPC_CASES = [
@@ -262,7 +265,7 @@ GRPC_CASES = [
         "no model",
         "Classify",
         pb.IrisRequest(rows=[pb.IrisRow()]),
-        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
         "model",
     ),
     (

@@ -99,7 +99,8 @@ def test_conformance_and_environment_are_recorded(tiny_run):
     assert all(c["passed"] and c["inputs"] == 150 for c in run.conformance)
     assert run.meta["versions"]["grpcio"] and run.meta["machine"]["cpus"] >= 1
     assert run.meta["placement"]["client_cpus"] != run.meta["placement"]["server_cpus"]
-    assert "[  6/6]" in log  # one progress line per cell
+    n = 2 * len(TRANSPORTS)
+    assert f"[{n:>3}/{n}]" in log  # one progress line per cell
     csv = (run.path.parent / records.RESULTS_CSV).read_text().splitlines()
     assert len(csv) == 1 + len(run.cells)
 
@@ -298,7 +299,8 @@ def test_the_client_library_is_a_dimension():
     closed = [c for c in cells if c.mode == "closed"]
     assert len(closed) == 2 * 2 * len(TRANSPORTS)
     # interleaved at every level: both clients of a concurrency before the next one
-    assert [c.concurrency for c in closed] == [1] * 6 + [8] * 6
+    per = 2 * len(TRANSPORTS)
+    assert [c.concurrency for c in closed] == [1] * per + [8] * per
     assert {(c.client, c.transport) for c in closed} == {
         (k, t) for k in ("lean", "library") for t in TRANSPORTS
     }

@@ -47,7 +47,7 @@ def test_compose_commands_parse():
         build_parser().parse_args(json.loads(c)) for c in re.findall(r"command: (\[.*\])", text)
     ]
     serves = [a for a in commands if a.command == "serve"]
-    assert {a.transport for a in serves} == {"grpc", "json", "msgpack"}
+    assert {a.transport for a in serves} == {"grpc", "json", "msgpack", "tfs-grpc"}
     (bench,) = [a for a in commands if a.command == "bench"]
     # the load generator measures exactly the three servers, by their service names and ports
     assert sorted(bench.target) == sorted((a.transport, f"{a.transport}:{a.port}") for a in serves)

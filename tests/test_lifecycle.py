@@ -62,9 +62,12 @@ def test_sigterm_finishes_in_flight_request(transport, http_client):
 
 def test_metadata_reports_device_and_spec(servers, grpc_channel, http_client):
     body = http_client.get(f"http://{servers['json'].address}{metadata_path('mnist')}").json()
-    assert body["device"] == "/CPU:0"
-    assert body["family"] == "digits" and "28x28" in body["input"]
-    assert body["versions"]["tensorflow"]
+    own = body["metadata"]["wiremark"]  # beside TF Serving's signature_def
+    assert own["device"] == "/CPU:0"
+    assert own["family"] == "digits" and "28x28" in own["input"]
+    assert own["versions"]["tensorflow"]
+    signature = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["inputs"]["image"]["dtype"] == "DT_FLOAT"
     reply, _ = grpc_raw(
         grpc_channel, "GetModelMetadata", pb.MetadataRequest(model="face").SerializeToString()
     )
@@ -76,9 +79,11 @@ def test_openapi_documents_each_model(servers, http_client):
     spec = http_client.get(f"http://{servers['json'].address}/openapi.json").json()
     iris = spec["paths"]["/v1/models/iris:predict"]["post"]
     schema = iris["requestBody"]["content"]["application/json"]["schema"]
-    assert schema["properties"]["instances"]["items"]["maxItems"] == 4
+    assert {"instances", "inputs", "signature_name"} <= set(schema["properties"])
     assert "application/msgpack" in iris["requestBody"]["content"]
-    assert {"200", "413", "415", "422"} <= set(iris["responses"])
+    assert {"200", "400", "404", "415", "429"} <= set(iris["responses"])
+    assert "/v1/models/iris/versions/{version}:predict" in spec["paths"]
+    assert "/v1/models/{model}/metadata" in spec["paths"]
     assert "/v1/models/face:predict" in spec["paths"]
 
 

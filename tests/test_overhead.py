@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from . import cli
+from .conftest import TRANSPORTS
 
 FIELDS = {
     "transport",
@@ -36,7 +37,7 @@ def test_overhead_reports_every_transport():
     result = wiremark("overhead", "--json", "--repeats", "1", "--duration", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout)
-    assert [r["transport"] for r in rows] == ["grpc", "json", "msgpack"]
+    assert [r["transport"] for r in rows] == list(TRANSPORTS)
     for r in rows:
         assert set(r) == FIELDS
         assert r["echo_rps"] > 0 and r["rps_c16"] > 0 and r["p50_c1_ms"] > 0

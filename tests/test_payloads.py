@@ -13,6 +13,7 @@ import pytest
 
 from wiremark.payloads import errors, grpc_codec, rest, samples
 from wiremark.payloads.contract import Classes, Family, Limits, PixelEncoding
+from wiremark.payloads.errors import InvalidInput, TooLarge
 from wiremark.payloads.timing import format_server_timing, parse_server_timing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,7 @@ def test_rest_digits_round_trip(binary, encoding):
     body = rest.encode_request(Family.DIGITS, images, binary=binary, encoding=encoding)
     wire = rest.dump_msgpack(body) if binary else rest.dump_json(body)
     parsed = rest.parse_body(wire, "application/msgpack" if binary else "application/json")
-    np.testing.assert_array_equal(rest.decode_request(Family.DIGITS, parsed, Limits(8)), images)
+    np.testing.assert_array_equal(rest.decode_request(Family.DIGITS, parsed, Limits(8))[0], images)
 
 
 def test_float32_survives_both_rest_codecs_bit_exactly():
@@ -118,3 +119,40 @@ def test_images_are_checked_from_their_headers_before_decoding():
         check_image(TINY, "f", max_pixels=10**6)
     with pytest.raises(InvalidInput, match="not a decodable image"):
         check_image(TIFF, "f", max_pixels=10**6)
+
+
+def test_rest_formats_give_the_same_batch():
+    """Row values, named rows, columnar values and named columns: one batch, and each
+    remembers its format for the reply."""
+    rows = samples.iris_rows(3)[0].tolist()
+    bodies = [
+        {"instances": rows},
+        {"instances": [{"features": r} for r in rows]},
+        {"inputs": rows},
+        {"inputs": {"features": rows}, "signature_name": "serving_default"},
+    ]
+    for body in bodies:
+        batch, form = rest.decode_request(Family.TABULAR, body, Limits(8))
+        np.testing.assert_array_equal(batch, np.asarray(rows, dtype=np.float32))
+        assert form.columnar == ("inputs" in body)
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "words"),
+    [
+        ({"inputs": {"features": [[1, 2, 3, 4]], "extra": [1]}}, InvalidInput, "extra"),
+        ({"instances": [{"feature": [1, 2, 3, 4]}]}, InvalidInput, "alias not found"),
+        ({"inputs": {"features": [1, 2, 3, 4]}, "instances": []}, InvalidInput, "not both"),
+        ({"instances": [[1, 2, 3, 4]], "signature_name": 3}, InvalidInput, "string"),
+        ({"inputs": [[1, 2, 3, 4]] * 9}, TooLarge, "limit of 8"),
+    ],
+)
+def test_rest_formats_refuse_what_tf_serving_refuses(body, error, words):
+    with pytest.raises(error, match=words):
+        rest.decode_request(Family.TABULAR, body, Limits(8))
+
+
+def test_columnar_named_inputs_of_different_sizes():
+    body = {"inputs": {"image": [b"a", b"b"], "image_id": ["x"]}}
+    with pytest.raises(InvalidInput, match="different batch sizes"):
+        rest.decode_request(Family.FACES, body, Limits(8))
