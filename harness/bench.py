@@ -1,7 +1,9 @@
 """`wiremark bench`: run a scenario's matrix against real servers and write the results.
 
-    wiremark bench [--scenario quick|full|FILE] [--out DIR] [--repeat N]
-                   [--target TRANSPORT=HOST:PORT ...] [--inject-delay-ms MS]
+    wiremark bench [--scenario quick|full|gate|FILE] [--out DIR] [--repeat N]
+                   [--target TRANSPORT=HOST:PORT ...] [--inject-delay-ms MS] [--inject-cpu-us US]
+                   [--ab | --baseline-target TRANSPORT=HOST:PORT ...]
+                   [--baseline-inject-delay-ms MS] [--baseline-inject-cpu-us US] [--seed N]
 
 1. Starts one server per transport (and per compression setting) as its own process,
    pinned to the first half of the cores, the load generator to the other half; waits
@@ -15,11 +17,20 @@
    on the wire through a relay, before its timed load.
 4. Writes `DIR/results.json` and `DIR/results.csv` after every cell (an interrupted run
    keeps what it finished), then `DIR/report.html`.
+
+An A/B run (`--ab`, or `--baseline-target` beside `--target`) measures two arms in one run:
+a baseline (main's servers, or servers started with the `--baseline-*` options) and the
+current build. In every block (`--repeat`, 6 by default) each cell runs on both arms back to
+back, in an order drawn at random for that cell and block (seeded, `--seed`), so drift of a
+shared machine falls on both arms alike; `wiremark gate RESULTS` compares the arms block by
+block. Open-loop cells run at the same rate on both arms (from the baseline's closed loop).
 """
 
 from __future__ import annotations
 
 import argparse
+import random
+import secrets
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -32,11 +43,13 @@ from wiremark.payloads import transport as registry
 from wiremark.payloads.errors import WiremarkError
 from wiremark.reports import records
 from wiremark.reports.records import ResultWriter
+from wiremark.usage import non_negative
 
 from . import environment as env
 from . import scenario as scenarios
+from .arms import AB_BLOCKS, Arm, plan_arms
 from .clients import CONNECT_TIMEOUT, connect
-from .conformance import add_target_option, conform
+from .conformance import add_target_option, conform, parse_target
 from .execution import BenchError, Executor, Target
 from .launch import ServerProcess, ServerStartError, running
 from .record import References
@@ -49,7 +62,11 @@ COMMON_SETTINGS = {
 
 
 def settings(
-    names: list[str], external: bool, clients: list[str], delay_ms: float = 0.0
+    names: list[str],
+    external: bool,
+    clients: list[str],
+    delay_ms: float = 0.0,
+    cpu_us: float = 0.0,
 ) -> dict[str, str]:
     """How each transport ran, in words, from the server kind and the load driver that ran
     it (not from text written beside them)."""
@@ -60,7 +77,8 @@ def settings(
 
     out: dict[str, str] = {}
     for name in names:
-        options = ServeOptions(name, service=ServiceConfig(inject_delay_ms=delay_ms))
+        config = ServiceConfig(inject_delay_ms=delay_ms, inject_cpu_us=cpu_us)
+        options = ServeOptions(name, service=config)
         server = "external (--target)" if external else server_kind(name).describe(options)
         ran = driver(name).clients
         client = "; ".join(f"{c} client: {ran[c]}" for c in clients)
@@ -78,7 +96,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--scenario",
         default="quick",
-        help="quick (default, every model x transport, ~4 min), full (the sweeps), or a TOML file",
+        help="quick (default, every model x transport, ~5 min), full (the sweeps), gate (a "
+        "small matrix for CI's A/B gate), or a TOML file",
     )
     p.add_argument("--out", type=Path, help="results folder (default: wiremark-results/RUN_ID)")
     p.add_argument(
@@ -87,10 +106,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_target_option(p, "measure a running server (repeatable) instead of starting them")
     p.add_argument(
         "--inject-delay-ms",
-        type=float,
+        type=non_negative,
         default=0.0,
         help="start the servers with this artificial delay (to prove the gate catches it)",
     )
+    p.add_argument(
+        "--inject-cpu-us",
+        type=non_negative,
+        default=0.0,
+        help="start the servers burning this much CPU per request (a slower codec, for the gate)",
+    )
+    ab = p.add_argument_group(
+        "A/B runs",
+        "Measure a baseline arm beside the current one in one run, interleaved block by block "
+        f"(--repeat blocks, at least {AB_BLOCKS} unless asked); gate it with "
+        "`wiremark gate RESULTS`.",
+    )
+    ab.add_argument(
+        "--ab",
+        action="store_true",
+        help="start a second set of servers as the baseline arm (with --baseline-inject-*)",
+    )
+    ab.add_argument(
+        "--baseline-target",
+        type=parse_target,
+        action="append",
+        default=[],
+        metavar="TRANSPORT=HOST:PORT",
+        help="the baseline arm's running server (repeatable; --target names the current arm's)",
+    )
+    ab.add_argument(
+        "--baseline-inject-delay-ms",
+        type=non_negative,
+        default=0.0,
+        metavar="MS",
+        help="the baseline servers' injected delay (default 0)",
+    )
+    ab.add_argument(
+        "--baseline-inject-cpu-us",
+        type=non_negative,
+        default=0.0,
+        metavar="US",
+        help="the baseline servers' injected CPU per request (default 0)",
+    )
+    ab.add_argument("--seed", type=int, help="seed of the arms' order (default: random, recorded)")
     p.add_argument("--no-report", action="store_true", help="write results only")
     p.set_defaults(run=run)
 
@@ -142,7 +201,9 @@ class Progress:
         self.bar.advance(self.task)
 
 
-def summary_line(index: int, total: int, spec: CellSpec, cell: dict[str, Any]) -> str:
+def summary_line(
+    index: int, total: int, spec: CellSpec, cell: dict[str, Any], arm: str | None = None
+) -> str:
     flags = []
     if cell["client_bound"]:
         flags.append("CLIENT-BOUND")
@@ -154,52 +215,60 @@ def summary_line(index: int, total: int, spec: CellSpec, cell: dict[str, Any]) -
             f"{cell['rps']:>8.0f} rps  p50 {cell['p50_ms']:>7.2f}  p99 {cell['p99_ms']:>7.2f} ms"
         )
     label = spec.label(cell["rate"])
-    return f"[{index:>3}/{total}] {label:<48} {figures}  {'  '.join(flags)}".rstrip()
+    if arm:
+        label = f"{arm:<8} {label}"
+    width = 57 if arm else 48
+    return f"[{index:>3}/{total}] {label:<{width}} {figures}  {'  '.join(flags)}".rstrip()
 
 
 @contextmanager
 def started_servers(
+    arms: list[Arm],
     transports: list[str],
     compressions: list[str],
     models: list[str],
     server_cpus: str | None,
-    delay_ms: float,
     say: Callable[[str], None],
-) -> Iterator[dict[tuple[str, str], Target]]:
-    """One server per transport and compression setting, up and SERVING, stopped after."""
-    procs: dict[tuple[str, str], ServerProcess] = {}
-    for compression in compressions:
-        for t in transports:
-            args = ["--models", ",".join(models), "--compression", compression]
-            if delay_ms:
-                args += ["--inject-delay-ms", str(delay_ms)]
-            procs[(t, compression)] = ServerProcess(t, args, server_cpus)
+) -> Iterator[dict[tuple[str | None, str, str], Target]]:
+    """One server per arm, transport and compression setting, up and SERVING (all loading
+    at once), stopped after: (arm, transport, compression) -> Target."""
+    procs: dict[tuple[str | None, str, str], ServerProcess] = {}
+    for arm in arms:
+        for compression in compressions:
+            for t in transports:
+                args = ["--models", ",".join(models), "--compression", compression]
+                procs[(arm.name, t, compression)] = ServerProcess(
+                    t, args + arm.serve_args(), server_cpus
+                )
 
     def loading() -> None:
         say(f"waiting for {len(procs)} servers to load {', '.join(models)} ...")
 
     with running(procs.values(), ready_timeout=300, before_ready=loading):
         yield {
-            key: Target(key[0], p.address, p.proc.pid if p.proc else None)
+            key: Target(key[1], p.address, p.proc.pid if p.proc else None)
             for key, p in procs.items()
         }
 
 
-def execute(args: argparse.Namespace, scenario: Scenario, out: Path) -> int:
+def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[Arm]) -> int:
     server_cores, client_cores = env.split_cores()
     shared = server_cores == client_cores
     server_cpus = None if shared else env.cpu_list(server_cores)
     client_cpus = None if shared else env.cpu_list(client_cores)
-    external = dict(args.target)
+    ab = len(arms) > 1
+    current = arms[-1]
+    external = bool(current.external)
     if external:
-        missing = [t for t in scenario.transports if t not in external]
-        transports = [t for t in scenario.transports if t in external]
+        missing = [t for t in scenario.transports if t not in current.external]
+        transports = [t for t in scenario.transports if t in current.external]
         if not transports:
             raise BenchError(f"no --target for the scenario's transports {scenario.transports}")
     else:
         missing, transports = [], list(scenario.transports)
     specs = [s for s in scenario.cells() if s.transport in transports]
-    total = len(specs) * scenario.repeat
+    total = len(specs) * scenario.repeat * len(arms)
+    seed = args.seed if args.seed is not None else secrets.randbits(32)
     writer = ResultWriter(
         out,
         {
@@ -207,56 +276,67 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path) -> int:
             "run_id": env.run_id(),
             "started": env.now(),
             "commit": env.git_commit(),
-            "scenario": scenario.to_dict() | {"inject_delay_ms": args.inject_delay_ms},
+            "scenario": scenario.to_dict()
+            | {"inject_delay_ms": current.delay_ms, "inject_cpu_us": current.cpu_us},
             "machine": env.machine(),
             "versions": env.versions(),
             "placement": {
                 "server_cpus": server_cpus,
                 "client_cpus": client_cpus,
-                "note": env.placement_note(shared, bool(external)),
+                "note": env.placement_note(shared, external),
             },
             "transports": [registry.get(t).describe() for t in transports],
-            "settings": settings(transports, bool(external), scenario.client, args.inject_delay_ms),
+            "settings": settings(
+                transports, external, scenario.client, current.delay_ms, current.cpu_us
+            ),
+            "ab": {
+                "arms": {str(arm.name): arm.describe() for arm in arms},
+                "seed": seed,
+                "order": "per cell and block, at random",
+            }
+            if ab
+            else None,
         },
     )
     progress = Progress(total)
     say = progress.say
-    say(f"wiremark bench: scenario {scenario.name}, {total} cells, results in {out}")
+    kind = f"A/B run, {scenario.repeat} blocks, " if ab else ""
+    say(f"wiremark bench: scenario {scenario.name}, {kind}{total} cells, results in {out}")
     if missing:
         say(f"  no --target for {', '.join(missing)}: those transports are skipped")
     if shared:
         say("  one core: server and load generator share it; figures will say so")
+    if ab:
+        for arm in arms:
+            say(f"  {arm.name} arm: {arm.words()}")
     with ExitStack() as stack:
         if external:
             targets = {
-                (t, c): Target(t, external[t], None)
+                (arm.name, t, c): Target(t, arm.external[t], None)
+                for arm in arms
                 for t in transports
                 for c in scenario.compression
             }
         else:
             targets = stack.enter_context(
                 started_servers(
-                    transports,
-                    scenario.compression,
-                    scenario.models,
-                    server_cpus,
-                    args.inject_delay_ms,
-                    say,
+                    arms, transports, scenario.compression, scenario.models, server_cpus, say
                 )
             )
         say(
             "checking conformance (every model on every transport against the in-process model) ..."
         )
         references = References(scenario.models)
-        checks = conform(
-            {t: targets[(t, scenario.compression[0])].address for t in transports},
-            scenario.models,
-            references=references.runners,
-        )
-        writer.set(
-            "conformance",
-            [
-                {
+        entries: list[dict[str, Any]] = []
+        failed: set[tuple[str | None, str, str]] = set()
+        for arm in arms:
+            checks = conform(
+                {t: targets[(arm.name, t, scenario.compression[0])].address for t in transports},
+                scenario.models,
+                references=references.runners,
+            )
+            for c in checks:
+                entry = {
                     "model": c.model,
                     "transport": c.transport,
                     "inputs": c.inputs,
@@ -264,56 +344,70 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path) -> int:
                     "worst": c.worst,
                     "passed": c.passed,
                 }
-                for c in checks
-            ],
-        )
-        failed = {(c.model, c.transport) for c in checks if not c.passed}
-        for c in checks:
-            say(
-                f"  {c.model:<8} {c.transport:<8} {c.inputs:>4} inputs  "
-                + ("pass" if c.passed else f"FAIL: {c.mismatches[0]}")
-            )
+                entries.append(entry | {"arm": arm.name} if ab else entry)
+                if not c.passed:
+                    failed.add((arm.name, c.model, c.transport))
+                say(
+                    f"  {f'{arm.name:<8} ' if ab else ''}{c.model:<8} {c.transport:<8} "
+                    f"{c.inputs:>4} inputs  " + ("pass" if c.passed else f"FAIL: {c.mismatches[0]}")
+                )
+        writer.set("conformance", entries)
         stack.enter_context(progress)
         index = 0
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wiremark-bench-")))
-        executor = Executor(scenario, client_cpus, len(client_cores), tmp)
+        # one executor per arm: each counts its own wire bytes and scales its own processes
+        executors = {
+            arm.name: Executor(scenario, client_cpus, len(client_cores), tmp) for arm in arms
+        }
+        order = random.Random(seed)
         for trial in range(scenario.repeat):
-            best: dict[tuple[Any, ...], float] = {}  # closed-loop rps per workload, transport
+            # closed-loop rps per workload and transport, of the first arm (the baseline):
+            # open-loop cells run at the same rate on both arms
+            best: dict[tuple[Any, ...], float] = {}
             for spec in specs:
-                index += 1
                 rate = scenarios.resolve_rate(spec, best, transports)
                 progress.describe(spec.label(rate))
                 if spec.mode == "open" and rate is None:
-                    say(f"[{index:>3}/{total}] {spec.label()}: skipped, no closed-loop rps")
-                    progress.advance()
+                    for _ in arms:
+                        index += 1
+                        say(f"[{index:>3}/{total}] {spec.label()}: skipped, no closed-loop rps")
+                        progress.advance()
                     continue
                 reference = references.get(spec.model, spec.batch, spec.encoding)
-                cell = executor.measure(
-                    spec,
-                    trial,
-                    rate,
-                    targets[(spec.transport, spec.compression)],
-                    reference,
-                    (spec.model, spec.transport) in failed,
-                )
-                writer.add_cell(cell)
-                if spec.mode == "closed" and cell["requests"] and not cell["errors"]:
-                    key = (spec.workload, spec.transport)
-                    best[key] = max(best.get(key, 0.0), cell["rps"])
-                say(summary_line(index, total, spec, cell))
-                progress.advance()
+                for arm in order.sample(arms, len(arms)) if ab else arms:
+                    index += 1
+                    cell = executors[arm.name].measure(
+                        spec,
+                        trial,
+                        rate,
+                        targets[(arm.name, spec.transport, spec.compression)],
+                        reference,
+                        (arm.name, spec.model, spec.transport) in failed,
+                    )
+                    if ab:
+                        cell |= {"arm": arm.name, "block": trial}
+                    writer.add_cell(cell)
+                    ok = cell["requests"] and not cell["errors"]
+                    if spec.mode == "closed" and ok and arm is arms[0]:
+                        key = (spec.workload, spec.transport)
+                        best[key] = max(best.get(key, 0.0), cell["rps"])
+                    say(summary_line(index, total, spec, cell, arm.name))
+                    progress.advance()
     writer.set("finished", env.now())
     say(f"results: {writer.json_path} and {out / 'results.csv'}")
+    if ab:
+        say(f"gate the arms: wiremark gate {writer.json_path}")
     if not args.no_report:
         say(f"report: {write_report(out)}")
     return 1 if failed else 0
 
 
 def write_report(out: Path) -> Path:
-    """`out/report.html` from `out/results.json`, as it is (a cut run's finished cells)."""
+    """`out/report.html` from `out/results.json`, as it is (a cut run's finished cells); an
+    A/B run's arms side by side, the baseline first."""
     from wiremark.reports import report
 
-    return report.render([records.load(out / records.RESULTS_JSON)], out / "report.html")
+    return report.render(report.arms(records.load(out / records.RESULTS_JSON)), out / "report.html")
 
 
 def target_problem(transport: str, address: str, models: list[str]) -> str | None:
@@ -340,16 +434,20 @@ def run(args: argparse.Namespace) -> int:
         if args.repeat < 1:
             raise UsageError("--repeat must be at least 1")
         scenario.repeat = args.repeat
-    if args.target and args.inject_delay_ms:
-        raise UsageError("--inject-delay-ms applies to servers bench starts, not to --target")
-    for transport, address in args.target:
-        if transport in scenario.transports:
-            problem = target_problem(transport, address, scenario.models)
-            if problem:
-                raise UsageError(f"--target {transport}={address}: {problem}")
+    if args.target and (args.inject_delay_ms or args.inject_cpu_us):
+        raise UsageError("--inject-* applies to servers bench starts, not to --target")
+    arms = plan_arms(args)
+    if len(arms) > 1 and args.repeat is None and scenario.repeat < AB_BLOCKS:
+        scenario.repeat = AB_BLOCKS
+    for flag, given in (("--target", args.target), ("--baseline-target", args.baseline_target)):
+        for transport, address in given:
+            if transport in scenario.transports:
+                problem = target_problem(transport, address, scenario.models)
+                if problem:
+                    raise UsageError(f"{flag} {transport}={address}: {problem}")
     out = args.out or Path("wiremark-results") / env.run_id()
     try:
-        return execute(args, scenario, out)
+        return execute(args, scenario, out, arms)
     except (BenchError, ServerStartError) as exc:
         print(f"wiremark: error: {exc}", file=sys.stderr)
         print(f"wiremark: cells finished so far are in {out}", file=sys.stderr)

@@ -1023,19 +1023,35 @@ def judgements(
     alpha: float = gate.DEFAULT_ALPHA,
 ) -> list[Judgements]:
     """Per run, what `wiremark gate --baseline runs[0] --current RUN` concludes of each cell
-    and rule: gate.REGRESSION, gate.IMPROVEMENT, gate.UNCHANGED or gate.INSUFFICIENT (too
-    few trials to judge), keyed by (`key_id`, the rule's column). The baseline's is empty,
-    and so is a run with no cell in common with it."""
+    and rule (for the two arms of one A/B file, what `wiremark gate FILE` concludes):
+    gate.REGRESSION, gate.IMPROVEMENT, gate.UNCHANGED or gate.INSUFFICIENT (too few trials
+    to judge), keyed by (`key_id`, the rule's column). The baseline's is empty, and so is a
+    run with no cell in common with it."""
     out: list[Judgements] = [{}]
     rules = tuple(rules)
     for run in runs[1:]:
         try:
-            verdict = gate.evaluate(runs[0], run, rules, alpha)
+            if _arms_of_one_run(runs[0], run):  # an A/B file's arms: judged block by block
+                whole = records.Run(
+                    run.path,
+                    run.meta | {"run_id": run.meta["arm_of"]},
+                    runs[0].cells + run.cells,
+                )
+                whole.meta["conformance"] = runs[0].conformance + run.conformance
+                verdict = gate.evaluate_ab(whole, rules, alpha)
+            else:
+                verdict = gate.evaluate(runs[0], run, rules, alpha)
         except (gate.GateError, records.RecordError):
             out.append({})
             continue
         out.append({(key_id(c.key), c.rule.column): c.verdict for c in verdict.comparisons})
     return out
+
+
+def _arms_of_one_run(a: records.Run, b: records.Run) -> bool:
+    """Both are arms of the same A/B file (`records.Run.arm`)."""
+    origin = a.meta.get("arm_of")
+    return bool(origin) and origin == b.meta.get("arm_of") and a.path == b.path
 
 
 COMPARED = ("p50_ms", "p99_ms", "rps")

@@ -1,28 +1,48 @@
-"""`wiremark gate`: fail CI when the current run regressed against a baseline run.
+"""`wiremark gate`: fail CI when the current build regressed against a baseline.
 
-    wiremark gate --baseline B --current C [--rule p99:+10% --rule rps:-5% ...]
+    wiremark gate RESULTS                        # an A/B run: both arms in one file
+    wiremark gate --baseline B --current C       # two runs: trials are the unit
+    wiremark gate --baseline B1 B2 ... --current C   # several baseline runs: runs are the unit
+    [--rule p50:+5% --rule rps:-5% ...] [--alpha 0.05]
 
-Both files are result files (`records.py`, schema 1, 2 or 3). Cells are matched on
-`records.CELL_KEY`; every trial (`bench --repeat N`) of a cell is one observation.
+Result files are `records.py`'s, schema 1 to 4. Cells are matched on `records.CELL_KEY`.
+Which observations a comparison has depends on the input (`paired.py` states each model):
+
+* **an A/B run** (`bench --ab`, `--baseline-target`): in every block each cell ran on both
+  arms back to back in a random order. The unit is the block: the per-block log-ratio of the
+  arms, tested with a one-sided sign-flip permutation test. Drift of the machine between
+  blocks falls on both arms alike and cancels; this is the mode for a shared CI runner.
+* **two files**: every trial (`bench --repeat N`) of a cell is one observation, tested with
+  a one-sided Mann–Whitney U (exact distribution for small samples, ties included). Trials
+  of one run agree more closely than two runs do, so drift between the runs reads as a
+  change: the gate warns that it is outside the test.
+* **several baseline files**: each run's median of its trials is one observation; a pooled
+  t-test of the log medians takes the run-to-run drift as noise.
 
 A rule is FIELD:+N% or FIELD:-N% on one of the aliases of `FIELDS`: the latency percentiles
 (`records.PERCENTILES`: p50 p90 p95 p99 p999), max, mean, rps, server_cpu, client_cpu and
 tax (`transport_tax_ms`: the p50 minus the in-process time, what the transport adds; higher
 is worse), or on the column name itself (p99_ms:+10%). For each cell and each rule:
 
-* change = median of the current trials vs median of the baseline trials, in per cent;
-* p = one-sided Mann–Whitney U over the per-trial values, in the rule's bad direction
-  (exact distribution for small samples, ties included);
+* change = the estimated change in per cent (A/B and runs: of the geometric means; trials:
+  of the medians), with a 95% confidence interval;
+* p = the test's one-sided p in the rule's bad direction;
 * q = p adjusted for the number of comparisons made (Benjamini–Hochberg, over every judged
   cell x rule), so that dozens of cells do not turn noise into a failure now and then;
 * a *regression* is a change beyond the rule's threshold in the bad direction with q <= alpha;
   an *improvement* the same the good way; anything else is *unchanged*;
-* with so few trials that even a perfect separation could not reach alpha (the smallest
-  attainable p, 1 / C(n_b + n_c, n_b), is above alpha: 1 vs 1, 2 vs 2, ...) the comparison is
-  *insufficient*: never a failure, but reported loudly in every output.
+* *detectable* is the smallest change the comparison could have found (80% power at alpha,
+  given the spread it saw; never under the rule's threshold);
+* with so few observations that even a perfect separation could not reach alpha (trials:
+  1 / C(n_b + n_c, n_b) > alpha; blocks: 2**-n > alpha) the comparison is *insufficient*:
+  never a failure, but reported loudly in every output.
 
-Conformance failures and invalid cells in the current run fail the gate on their own.
-Client-bound cells (in either run) are skipped with a warning unless `--include-client-bound`.
+The default rules, p50:+5% and rps:-5%, were chosen from measured noise: the p50 is the
+steadiest statistic on a shared 2-core machine, the p99 the least (README, *The gate*).
+
+Conformance failures and invalid cells in the current run (arm) fail the gate on their own.
+Client-bound cells (on either side) are skipped with a warning unless
+`--include-client-bound`.
 
 Exit status: 0 pass, 1 regression or conformance/validity failure, 2 unusable input.
 """
@@ -38,16 +58,16 @@ import re
 import statistics
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from wiremark.reports import records
+from wiremark.reports import paired, records
 
-DEFAULT_RULES = ("p99:+10%", "rps:-5%")
+DEFAULT_RULES = ("p50:+5%", "rps:-5%")
 DEFAULT_ALPHA = 0.05
 RECOMMENDED_REPEAT = 5
 
@@ -77,6 +97,18 @@ NOISE_SAFE_FACTOR = 2.5
 # Markdown table rows kept (a GitHub comment holds at most 65,536 characters).
 MD_MAX_ROWS = 200
 MD_MAX_UNCHANGED = 150
+
+# What one observation of a comparison is.
+TRIALS = "trials"  # two files: each trial of a cell (within-run noise only)
+BLOCKS = "blocks"  # an A/B file: the arms' values in one block, paired
+RUNS = "runs"  # several baseline files: each run's median of its trials
+
+# The test of each kind of comparison, in words.
+TESTS = {
+    TRIALS: "one-sided Mann–Whitney U over the trials",
+    BLOCKS: "one-sided sign-flip permutation test of the per-block log-ratios (paired A/B)",
+    RUNS: "one-sided pooled t-test of the runs' log medians",
+}
 
 REGRESSION = "regression"
 IMPROVEMENT = "improvement"
@@ -334,16 +366,38 @@ class Comparison:
     p_worse: float = 1.0  # one-sided p in the rule's bad direction
     p_better: float = 1.0  # ... and in its good direction
     q_value: float = 1.0  # p_value adjusted for the many comparisons (Benjamini-Hochberg)
+    ci_pct: tuple[float, float] | None = None  # paired.CONFIDENCE interval of the change
+    detectable_pct: float = math.inf  # the smallest change this comparison could detect
+    unit: str = TRIALS  # what one observation is: a trial, an A/B block, a run
 
     @property
     def trials(self) -> str:
+        if self.unit == BLOCKS:
+            return f"{len(self.current)} blocks"
         return f"{len(self.baseline)} vs {len(self.current)}"
+
+    @property
+    def observations(self) -> str:
+        return self.trials if self.unit == BLOCKS else f"{self.trials} {self.unit}"
+
+    def interval(self) -> str:
+        """`+4.1% [+2.0, +6.3]`: the change and its interval."""
+        if self.ci_pct is None:
+            return _pct(self.change_pct)
+        low, high = self.ci_pct
+        return f"{_pct(self.change_pct)} [{_pct(low)}, {_pct(high)}]"
+
+    def detectable(self) -> str:
+        if not math.isfinite(self.detectable_pct):
+            return "none"
+        return f"±{self.detectable_pct:.1f}%"
 
     def describe(self) -> str:
         return (
             f"{self.rule.text} {self.cell}: {_num(self.baseline_median)} -> "
-            f"{_num(self.current_median)} {self.rule.unit} ({_pct(self.change_pct)}, "
-            f"p={_p(self.p_value)}, q={_p(self.q_value)}, {self.trials} trials)"
+            f"{_num(self.current_median)} {self.rule.unit} ({self.interval()} "
+            f"{paired.CONFIDENCE:.0%} CI, p={_p(self.p_value)}, q={_p(self.q_value)}, "
+            f"{self.observations}, detectable {self.detectable()})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -358,6 +412,9 @@ class Comparison:
             "p_value": _finite(self.p_value),
             "q_value": _finite(self.q_value),
             "min_attainable_p": self.min_p,
+            "ci_pct": [_finite(v) for v in self.ci_pct] if self.ci_pct else None,
+            "detectable_pct": _finite(self.detectable_pct),
+            "unit": self.unit,
             "baseline_values": self.baseline,
             "current_values": self.current,
             "verdict": self.verdict,
@@ -395,7 +452,8 @@ class Verdict:
     removed: list[str] = field(default_factory=list)
     skipped: list[Finding] = field(default_factory=list)
     cells_in_common: int = 0
-    noise_pct: dict[str, float] = field(default_factory=dict)  # rule -> pooled trial CV, %
+    noise_pct: dict[str, float] = field(default_factory=dict)  # rule -> pooled spread, %
+    unit: str = TRIALS  # what the comparisons' observations are (TRIALS, BLOCKS, RUNS)
 
     def _having(self, verdict: str) -> list[Comparison]:
         return [c for c in self.comparisons if c.verdict == verdict]
@@ -445,6 +503,17 @@ class Verdict:
             return ""
         counts = sorted({c.trials for c in self.insufficient})
         worst = max(c.min_p for c in self.insufficient)
+        if self.unit != TRIALS:
+            need = (
+                f"≥{blocks_needed(self.alpha)} blocks, `wiremark bench --ab --repeat "
+                f"{RECOMMENDED_REPEAT}`"
+                if self.unit == BLOCKS
+                else "at least two runs on one side"
+            )
+            return (
+                f"{len(self.insufficient)} of {len(self.comparisons)} comparisons NOT JUDGED: "
+                f"too few {self.unit} ({', '.join(counts)}; need {need})"
+            )
         return (
             f"{len(self.insufficient)} of {len(self.comparisons)} comparisons NOT JUDGED: "
             f"not enough trials ({', '.join(counts)}; the smallest attainable p is "
@@ -459,7 +528,7 @@ class Verdict:
         lines = [
             f"wiremark gate: {state}: {head}",
             f"  baseline {self.baseline}, current {self.current}: {self.cells_in_common} cells "
-            f"in common; rules {' '.join(r.text for r in self.rules)}; one-sided Mann–Whitney U, "
+            f"in common; rules {' '.join(r.text for r in self.rules)}; {TESTS[self.unit]}, "
             f"Benjamini–Hochberg q <= alpha {self.alpha:g}",
         ]
         lines += [f"  FAILURE {f}" for f in self.failures]
@@ -493,9 +562,11 @@ class Verdict:
             f"**wiremark gate**: baseline `{self.baseline}` vs current `{self.current}`, "
             f"{self.cells_in_common} cells in common; rules "
             f"{', '.join(f'`{r.text}`' for r in self.rules)}; a regression is a change beyond "
-            f"the rule with a one-sided Mann–Whitney U test over the trials significant at "
+            f"the rule with a {TESTS[self.unit]} significant at "
             f"{self.alpha:g} after a Benjamini–Hochberg adjustment for the comparisons made "
-            "(q).",
+            f"(q). Changes are given with their {paired.CONFIDENCE:.0%} confidence interval; "
+            f"*detectable* is the smallest change each comparison could have found "
+            f"({paired.POWER:.0%} power).",
             "",
         ]
         if self.insufficient:
@@ -511,8 +582,9 @@ class Verdict:
             out.append("")
         notable = [c for c in self._sorted() if c.verdict != UNCHANGED]
         header = [
-            "| Cell | Rule | Baseline | Current | Change | p | q | Trials | Verdict |",
-            "|---|---|--:|--:|--:|--:|--:|:-:|---|",
+            f"| Cell | Rule | Baseline | Current | Change [{paired.CONFIDENCE:.0%} CI] | p | q "
+            "| n | Detectable | Verdict |",
+            "|---|---|--:|--:|--:|--:|--:|:-:|--:|---|",
         ]
         if notable:
             out += ["### Compared cells", "", *header, *_md_rows(notable, MD_MAX_ROWS), ""]
@@ -607,14 +679,15 @@ class Verdict:
             "baseline": self.baseline,
             "current": self.current,
             "alpha": self.alpha,
-            "test": "one-sided Mann–Whitney U over per-trial values; change of medians",
+            "test": TESTS[self.unit],
+            "unit": self.unit,
             "rules": [
                 {
                     "rule": r.text,
                     "field": r.column,
                     "direction": "rise" if r.sign > 0 else "fall",
                     "threshold_pct": r.threshold_pct,
-                    "trial_cv_pct": self.noise_pct.get(r.text),
+                    "noise_pct": self.noise_pct.get(r.text),  # per observation (`unit`)
                 }
                 for r in self.rules
             ],
@@ -645,34 +718,228 @@ def evaluate(
     *,
     include_client_bound: bool = False,
 ) -> Verdict:
-    """Compare two runs cell by cell under `rules` (the defaults when None).
+    """Compare two runs cell by cell under `rules` (the defaults when None), each trial an
+    observation. Drift between the runs is outside this test: the verdict warns so.
 
     Raises GateError (a ValueError) when the input cannot be judged: bad rules or alpha, or no
     cells in common."""
+    for run in (baseline, current):
+        _not_ab(run)
+    verdict = _verdict(
+        baseline.label,
+        current.label,
+        _group(baseline),
+        _group(current),
+        rules,
+        alpha,
+        TRIALS,
+        baseline.path,
+        current.path,
+    )
+    verdict.warnings.append(
+        Finding(
+            "drift",
+            "one baseline run: drift of the machine between the two runs is outside this test "
+            "(the trials of a run agree more closely than two runs do); measure both arms in "
+            "one run (`bench --ab` or `--baseline-target`, then `wiremark gate RESULTS`), or "
+            "give several baseline runs",
+        )
+    )
+    return _judge(verdict, current, baseline, _compare_trials, include_client_bound)
+
+
+def evaluate_runs(
+    baselines: Sequence[records.Run],
+    current: records.Run,
+    rules: Iterable[str | Rule] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    *,
+    include_client_bound: bool = False,
+) -> Verdict:
+    """Compare the current run with several baseline runs, each run (its trials' median) an
+    observation, so that drift between runs is part of the noise the test allows for."""
+    if len(baselines) < 2:
+        raise GateError("a run-level comparison needs at least two baseline runs")
+    for run in (*baselines, current):
+        _not_ab(run)
+    _same_kind(baselines)
+    merged: dict[Key, list[dict[str, Any]]] = {}
+    for index, run in enumerate(baselines):
+        for key, cells in _group(run).items():
+            merged.setdefault(key, []).extend({**c, _RUN: index} for c in cells)
+    label = f"{len(baselines)} runs ({baselines[0].label} ... {baselines[-1].label})"
+    verdict = _verdict(
+        label,
+        current.label,
+        merged,
+        _group(current),
+        rules,
+        alpha,
+        RUNS,
+        baselines[0].path,
+        current.path,
+    )
+    cur = _group(current)
+    for key in list(cur):
+        cur[key] = [{**c, _RUN: 0} for c in cur[key]]
+    return _judge(
+        verdict, current, baselines[-1], _compare_runs, include_client_bound, groups=(merged, cur)
+    )
+
+
+def evaluate_ab(
+    run: records.Run,
+    rules: Iterable[str | Rule] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+    *,
+    include_client_bound: bool = False,
+) -> Verdict:
+    """Compare the arms of one A/B run block by block (`bench --ab`): drift of the machine
+    that is slow against one block falls on both arms alike and cancels."""
+    if not run.is_ab:
+        raise GateError(
+            f"{run.path}: not an A/B run (its cells have no arm); compare it with a baseline: "
+            f"wiremark gate --baseline BASELINE --current {run.path}"
+        )
+    arms = {name: [c for c in run.cells if c.get("arm") == name] for name in records.ARMS}
+    missing = [name for name, cells in arms.items() if not cells]
+    if missing:
+        raise GateError(f"{run.path}: an A/B run without cells of its {missing[0]} arm")
+    base = _group(records.Run(run.path, run.meta, arms[records.BASELINE]))
+    cur = _group(records.Run(run.path, run.meta, arms[records.CURRENT]))
+    only_b = [k for k in base if k not in cur]
+    only_c = [k for k in cur if k not in base]
+    if only_b or only_c:
+        shown = ", ".join(cell_label(k) for k in (only_b + only_c)[:3])
+        raise GateError(
+            f"{run.path}: the arms ran different cells ({len(only_b)} only in the baseline, "
+            f"{len(only_c)} only in the current arm: {shown}); an A/B run's arms share one plan"
+        )
+    verdict = _verdict(
+        f"{run.label} baseline arm",
+        f"{run.label} current arm",
+        base,
+        cur,
+        rules,
+        alpha,
+        BLOCKS,
+        run.path,
+        run.path,
+    )
+    current = records.Run(run.path, run.meta, arms[records.CURRENT])
+    current.meta = dict(run.meta)
+    current.meta["conformance"] = [
+        c for c in run.conformance if isinstance(c, dict) and c.get("arm") == records.CURRENT
+    ]
+    for entry in run.conformance:
+        failed = isinstance(entry, dict) and entry.get("passed") is False
+        if failed and entry.get("arm") == records.BASELINE:
+            verdict.warnings.append(
+                Finding(
+                    "baseline",
+                    "the baseline arm failed conformance",
+                    f"{entry.get('model')}/{entry.get('transport')}",
+                )
+            )
+    if not run.meta.get("finished"):
+        verdict.warnings.append(Finding("run", "the A/B run did not finish; comparing its cells"))
+    return _judge(verdict, current, None, _compare_blocks, include_client_bound, groups=(base, cur))
+
+
+_RUN = "_run"  # the index of the baseline run a cell came from (run-level comparisons)
+
+
+def _not_ab(run: records.Run) -> None:
+    if run.is_ab:
+        raise GateError(
+            f"{run.path} is an A/B run: gate its arms against each other with "
+            f"`wiremark gate {run.path}`"
+        )
+
+
+def _same_kind(runs: Sequence[records.Run]) -> None:
+    """Several baseline runs must be one scenario, written by one schema."""
+    versions = sorted({str(r.meta.get("schema_version")) for r in runs})
+    if len(versions) > 1:
+        raise GateError(
+            f"the baseline runs mix schema versions ({', '.join(versions)}): give runs of one "
+            "wiremark version"
+        )
+
+    def plan(run: records.Run) -> Any:
+        scenario = run.meta.get("scenario")
+        if not isinstance(scenario, dict):
+            return scenario
+        return {k: v for k, v in scenario.items() if not k.startswith("inject_")}
+
+    first = plan(runs[0])
+    for run in runs[1:]:
+        if plan(run) != first:
+            name = (run.meta.get("scenario") or {}).get("name", "?")
+            first_name = (runs[0].meta.get("scenario") or {}).get("name", "?")
+            raise GateError(
+                f"the baseline runs mix scenarios: {run.path} ran {name!r}, "
+                f"{runs[0].path} ran {first_name!r} (or other settings); give runs of one"
+            )
+
+
+def _verdict(
+    baseline_label: str,
+    current_label: str,
+    base_groups: Mapping[Key, list[dict[str, Any]]],
+    cur_groups: Mapping[Key, list[dict[str, Any]]],
+    rules: Iterable[str | Rule] | None,
+    alpha: float,
+    unit: str,
+    baseline_path: Path,
+    current_path: Path,
+) -> Verdict:
     parsed = parse_rules(rules)
     if not (isinstance(alpha, int | float) and 0 < alpha < 1):
         raise GateError(f"alpha must be between 0 and 1, got {alpha!r}")
-    base_groups, cur_groups = _group(baseline), _group(current)
     common = [k for k in cur_groups if k in base_groups]
     if not common:
         raise GateError(
-            f"no cells in common between {baseline.path} ({len(base_groups)} cells) and "
-            f"{current.path} ({len(cur_groups)} cells): nothing to compare"
+            f"no cells in common between {baseline_path} ({len(base_groups)} cells) and "
+            f"{current_path} ({len(cur_groups)} cells): nothing to compare"
         )
-    verdict = Verdict(
-        baseline=baseline.label,
-        current=current.label,
+    return Verdict(
+        baseline=baseline_label,
+        current=current_label,
         rules=parsed,
         alpha=float(alpha),
         added=[cell_label(k) for k in cur_groups if k not in base_groups],
         removed=[cell_label(k) for k in base_groups if k not in cur_groups],
         cells_in_common=len(common),
+        unit=unit,
     )
+
+
+Compare = Callable[
+    [str, dict[str, Any], Rule, list[dict[str, Any]], list[dict[str, Any]], float],
+    "Comparison | str",
+]
+
+
+def _judge(
+    verdict: Verdict,
+    current: records.Run,
+    baseline: records.Run | None,
+    compare: Compare,
+    include_client_bound: bool,
+    groups: tuple[Mapping[Key, list[dict[str, Any]]], Mapping[Key, list[dict[str, Any]]]]
+    | None = None,
+) -> Verdict:
+    base_groups, cur_groups = groups or (_group(baseline), _group(current))  # type: ignore[arg-type]
     _check_current(current, cur_groups, verdict)
-    _check_meta(baseline, current, verdict)
-    for key in common:
-        _compare_cell(key, base_groups[key], cur_groups[key], parsed, verdict, include_client_bound)
-    for rule in parsed:
+    if baseline is not None:
+        _check_meta(baseline, current, verdict)
+    for key in cur_groups:
+        if key in base_groups:
+            _compare_cell(
+                key, base_groups[key], cur_groups[key], compare, verdict, include_client_bound
+            )
+    for rule in verdict.rules:
         if not any(c.rule == rule for c in verdict.comparisons):
             verdict.warnings.append(
                 Finding("rule", f"rule {rule.text} compared no cell ({rule.column} not measured?)")
@@ -708,15 +975,27 @@ def _cv(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) / abs(mean) if mean else None
 
 
+def _spreads(c: Comparison, unit: str) -> list[float]:
+    """The relative spread of one observation: the trials' (or runs') CV on each side, or
+    for an A/B comparison the standard deviation of the arms' per-block log-ratios."""
+    if unit == BLOCKS:
+        if len(c.current) < 2 or len(c.baseline) != len(c.current):
+            return []
+        b, cur, _ = paired.scaled(c.baseline, c.current)
+        return [statistics.stdev(y - x for x, y in zip(b, cur, strict=True))]
+    return [cv for cv in (_cv(c.baseline), _cv(c.current)) if cv is not None]
+
+
 def _check_noise(verdict: Verdict) -> None:
-    """Warn about rules that are tight against the trial-to-trial noise."""
+    """Warn about rules that are tight against the noise between observations."""
+    what = {
+        TRIALS: "between trials (pooled CV)",
+        RUNS: "between runs (pooled CV of the runs' medians)",
+        BLOCKS: "between blocks (pooled spread of the arms' per-block log-ratio)",
+    }[verdict.unit]
     for rule in verdict.rules:
         cvs = [
-            cv
-            for c in verdict.comparisons
-            if c.rule == rule
-            for cv in (_cv(c.baseline), _cv(c.current))
-            if cv is not None
+            cv for c in verdict.comparisons if c.rule == rule for cv in _spreads(c, verdict.unit)
         ]
         if not cvs:
             continue
@@ -727,9 +1006,11 @@ def _check_noise(verdict: Verdict) -> None:
                 Finding(
                     "noise",
                     f"rule {rule.text} is tight against the noise: {rule.column} varies by "
-                    f"{noise:.1f}% between trials (pooled CV), so a change of the threshold's "
-                    f"size cannot be told from noise; {NOISE_SAFE_FACTOR * noise:.0f}% "
-                    f"({NOISE_SAFE_FACTOR:g}× the CV) or more, or a quieter machine, is needed",
+                    f"{noise:.1f}% {what}, so a change of the threshold's size cannot be told "
+                    f"from noise by one observation; {NOISE_SAFE_FACTOR * noise:.0f}% "
+                    f"({NOISE_SAFE_FACTOR:g}× the spread) or more, more "
+                    f"{'blocks' if verdict.unit == BLOCKS else verdict.unit}, or a quieter "
+                    "machine is needed (see each comparison's detectable change)",
                 )
             )
 
@@ -825,10 +1106,11 @@ def _compare_cell(
     key: Key,
     base_cells: list[dict[str, Any]],
     cur_cells: list[dict[str, Any]],
-    rules: Sequence[Rule],
+    compare: Compare,
     verdict: Verdict,
     include_client_bound: bool,
 ) -> None:
+    rules = verdict.rules
     label = cell_label(key)
     key_dict = dict(zip(records.CELL_KEY, key, strict=True))
     bad_base = [c for c in base_cells if _is_invalid(c)]
@@ -867,14 +1149,143 @@ def _compare_cell(
                 verdict.skipped.append(Finding("client-bound", f"{rule.text}: client-bound", label))
             return
     for rule in rules:
-        b, c = _values(base, rule.column), _values(cur, rule.column)
-        if not b or not c:
-            side = "baseline" if not b else "current run"
-            verdict.skipped.append(
-                Finding("unmeasured", f"{rule.text}: no valid {rule.column} in the {side}", label)
-            )
-            continue
-        verdict.comparisons.append(_compare(label, key_dict, rule, b, c, verdict.alpha))
+        got = compare(label, key_dict, rule, base, cur, verdict.alpha)
+        if isinstance(got, str):
+            verdict.skipped.append(Finding("unmeasured", f"{rule.text}: {got}", label))
+        else:
+            verdict.comparisons.append(got)
+
+
+def _compare_trials(
+    label: str,
+    key: dict[str, Any],
+    rule: Rule,
+    base: list[dict[str, Any]],
+    cur: list[dict[str, Any]],
+    alpha: float,
+) -> Comparison | str:
+    b, c = _values(base, rule.column), _values(cur, rule.column)
+    if not b or not c:
+        return f"no valid {rule.column} in the {'baseline' if not b else 'current run'}"
+    out = _compare(label, key, rule, b, c, alpha)
+    out.ci_pct, out.detectable_pct = paired.welch(b, c, alpha, rule.threshold_pct)
+    if out.verdict == INSUFFICIENT:
+        out.detectable_pct = math.inf
+    return out
+
+
+def _compare_blocks(
+    label: str,
+    key: dict[str, Any],
+    rule: Rule,
+    base: list[dict[str, Any]],
+    cur: list[dict[str, Any]],
+    alpha: float,
+) -> Comparison | str:
+    """The arms' values paired by block; blocks missing either arm are left out."""
+    by_block_b = {_block(c): c for c in base}
+    by_block_c = {_block(c): c for c in cur}
+    b: list[float] = []
+    c: list[float] = []
+    for block in sorted(k for k in by_block_c if k in by_block_b):
+        vb, vc = (
+            _values([by_block_b[block]], rule.column),
+            _values([by_block_c[block]], rule.column),
+        )
+        if vb and vc:
+            b.append(vb[0])
+            c.append(vc[0])
+    if not b:
+        return f"no block with a valid {rule.column} on both arms"
+    est = paired.paired(b, c, alpha, rule.threshold_pct)
+    return _from_estimate(label, key, rule, b, c, est, alpha, BLOCKS)
+
+
+def _block(cell: Mapping[str, Any]) -> int:
+    value = cell.get("block")
+    return int(value if value is not None else _count(cell.get("trial")))
+
+
+def _compare_runs(
+    label: str,
+    key: dict[str, Any],
+    rule: Rule,
+    base: list[dict[str, Any]],
+    cur: list[dict[str, Any]],
+    alpha: float,
+) -> Comparison | str:
+    """Each run's median of its trials is one observation."""
+
+    def medians(cells: list[dict[str, Any]]) -> list[float]:
+        runs: dict[Any, list[dict[str, Any]]] = {}
+        for cell in cells:
+            runs.setdefault(cell.get(_RUN), []).append(cell)
+        out = [_values(group, rule.column) for _, group in sorted(runs.items())]
+        return [statistics.median(v) for v in out if v]
+
+    b, c = medians(base), medians(cur)
+    if not b or not c:
+        return f"no valid {rule.column} in the {'baseline runs' if not b else 'current run'}"
+    est = paired.pooled(b, c, alpha, rule.threshold_pct)
+    return _from_estimate(label, key, rule, b, c, est, alpha, RUNS)
+
+
+def _from_estimate(
+    label: str,
+    key: dict[str, Any],
+    rule: Rule,
+    b: list[float],
+    c: list[float],
+    est: paired.Estimate,
+    alpha: float,
+    unit: str,
+) -> Comparison:
+    p_worse, p_better = (
+        (est.p_greater, est.p_less) if rule.sign > 0 else (est.p_less, est.p_greater)
+    )
+    change = est.change_pct
+    p = p_better if -rule.sign * change > 0 else p_worse
+    out = Comparison(
+        label,
+        key,
+        rule,
+        b,
+        c,
+        statistics.median(b),
+        statistics.median(c),
+        change,
+        p,
+        est.min_p,
+        UNCHANGED,
+        p_worse=p_worse,
+        p_better=p_better,
+        ci_pct=est.ci_pct,
+        detectable_pct=est.detectable_pct,
+        unit=unit,
+    )
+    if est.min_p > alpha * (1 + _P_TOLERANCE) or not math.isfinite(est.detectable_pct):
+        out.verdict = INSUFFICIENT
+        out.q_value = p
+        need = "at least 2 runs on one side" if unit == RUNS else f"≥{blocks_needed(alpha)} blocks"
+        out.note = (
+            f"{out.observations}: the smallest attainable p is {_p(est.min_p)} > alpha "
+            f"{alpha:g}; need {need}"
+            if est.min_p > alpha * (1 + _P_TOLERANCE)
+            else f"{out.observations}: no spread to judge by; need {need}"
+        )
+        if rule.worse(change):
+            out.note += f"; would be a regression ({_pct(change)} beyond {rule.text})"
+    else:
+        _decide(out, p_worse, p_better, alpha)
+    return out
+
+
+def blocks_needed(alpha: float = DEFAULT_ALPHA) -> int:
+    """The fewest A/B blocks whose sign-flip test can reach p <= alpha (2**-n <= alpha)."""
+    n = 1
+    while 2.0**-n > alpha * (1 + _P_TOLERANCE):
+        n += 1
+    return n
 
 
 def _compare(
@@ -989,10 +1400,11 @@ def _md_row(c: Comparison) -> str:
         f"`{c.rule.text}`",
         f"{_num(c.baseline_median)} {c.rule.unit}",
         f"{_num(c.current_median)} {c.rule.unit}",
-        _pct(c.change_pct),
+        c.interval(),
         _p(c.p_value),
         _p(c.q_value),
-        c.trials,
+        c.observations,
+        c.detectable(),
         _VERDICT_MD[c.verdict],
     ]
     return "| " + " | ".join(_md(x) for x in cells) + " |"
@@ -1002,7 +1414,8 @@ def _detail(c: Comparison) -> str:
     return (
         f"{c.note}\nbaseline {c.rule.column}: {', '.join(_num(v) for v in c.baseline)}\n"
         f"current {c.rule.column}: {', '.join(_num(v) for v in c.current)}\n"
-        f"smallest attainable p: {_p(c.min_p)}"
+        f"change {c.interval()} ({paired.CONFIDENCE:.0%} CI), {c.observations}; "
+        f"detectable {c.detectable()}; smallest attainable p: {_p(c.min_p)}"
     )
 
 
@@ -1014,18 +1427,27 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "gate",
         help="compare a run with a baseline; exit 1 on a significant regression",
         description=(
-            "Compare the current result file with a baseline, cell by cell. A regression is a "
-            "change of the trials' median beyond a rule's threshold that is also significant "
-            "(one-sided Mann-Whitney U over the trials, p <= alpha). Exit status: 0 pass, "
-            "1 regression or conformance/validity failure, 2 unusable input."
+            "Compare the arms of an A/B run (wiremark gate RESULTS: paired by block, sign-flip "
+            "test), or a current result file with one baseline (trials as the unit, "
+            "Mann-Whitney U) or several (runs as the unit, t-test), cell by cell. A regression "
+            "is a change beyond a rule's threshold that is also significant after a "
+            "Benjamini-Hochberg adjustment. Exit status: 0 pass, 1 regression or "
+            "conformance/validity failure, 2 unusable input."
         ),
     )
     p.add_argument(
-        "--baseline", required=True, metavar="RESULTS", help="baseline results.json (or its dir)"
+        "results",
+        nargs="?",
+        metavar="RESULTS",
+        help="an A/B run's results.json (or its dir): its arms are compared block by block",
     )
     p.add_argument(
-        "--current", required=True, metavar="RESULTS", help="current results.json (or its dir)"
+        "--baseline",
+        nargs="+",
+        metavar="RESULTS",
+        help="baseline results.json (or its dir); several: runs, not trials, are the unit",
     )
+    p.add_argument("--current", metavar="RESULTS", help="current results.json (or its dir)")
     p.add_argument(
         "--rule",
         action="append",
@@ -1065,11 +1487,24 @@ def run(args: argparse.Namespace) -> int:
     to_stdout = [name for name, target in outputs.items() if target == "-"]
     if len(to_stdout) > 1:
         raise GateError(f"only one output can go to stdout ('-'), not {' and '.join(to_stdout)}")
-    baseline = records.load(args.baseline)
-    current = records.load(args.current)
-    verdict = evaluate(
-        baseline, current, rules, args.alpha, include_client_bound=args.include_client_bound
-    )
+    options = {"include_client_bound": args.include_client_bound}
+    if args.results is not None:
+        if args.baseline or args.current:
+            raise GateError(
+                "give an A/B run (wiremark gate RESULTS) or --baseline and --current, not both"
+            )
+        verdict = evaluate_ab(records.load(args.results), rules, args.alpha, **options)
+    else:
+        if not args.baseline or not args.current:
+            raise GateError(
+                "give an A/B run (wiremark gate RESULTS), or --baseline B [B ...] and --current C"
+            )
+        baselines = records.load_all(args.baseline)
+        current = records.load(args.current)
+        if len(baselines) > 1:
+            verdict = evaluate_runs(baselines, current, rules, args.alpha, **options)
+        else:
+            verdict = evaluate(baselines[0], current, rules, args.alpha, **options)
     texts = {"markdown": verdict.markdown, "junit": verdict.junit, "json": verdict.json}
     # The summary goes to stderr when stdout carries a machine-readable report.
     (sys.stderr if to_stdout else sys.stdout).write(verdict.summary())

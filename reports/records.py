@@ -2,9 +2,9 @@
 
 `DIR/results.json` is one JSON object, rewritten whole (atomically) after every cell, so an
 interrupted run keeps every cell it finished; `DIR/results.csv` holds the same cells, one
-row each. Fields (schema_version 3; `load` reads 1, 2 and 3):
+row each. Fields (schema_version 4; `load` reads 1 to 4):
 
-    schema_version   3
+    schema_version   4
     wiremark         the wiremark version that wrote the file
     run_id           e.g. "20261122T103800Z-3f5060c"
     started, finished  ISO-8601 UTC; finished is null while the run is going (or was cut)
@@ -22,6 +22,9 @@ row each. Fields (schema_version 3; `load` reads 1, 2 and 3):
                      transport in the cells but not here sorts last, labelled by its name.
                      Schema 1 had no such key: `load` supplies LEGACY_TRANSPORTS.
     settings         how each transport was run (server flavour, event loop, codecs, client)
+    ab               an A/B run (`bench --ab`, `--baseline-target`): {"arms": {ARM: how its
+                     servers ran}, "seed": the order's seed, "order": "per cell and block"};
+                     null for a plain run. Schemas 1-3 had no such key.
     conformance      [{model, transport, inputs, mismatches: [str], worst, passed}]
     cells            [cell, ...] in the order they finished
 
@@ -33,6 +36,9 @@ The wires (a transport descriptor's `wire`):
 A cell (None where not measured):
 
     trial            0-based repetition (`bench --repeat N` runs the matrix N times)
+    arm, block       an A/B run's arm (ARMS: "baseline" or "current") and block: in block
+                     b every cell ran on both arms back to back, in a random order; block
+                     equals trial. Both null in a plain run (and in schemas 1-3).
     model, transport  e.g. mnist, and a transport's name
     mode             "closed" (N users, no wait) or "open" (a target arrival rate)
     concurrency      closed loop: users; open loop: the most requests in flight allowed
@@ -88,8 +94,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 3
-READABLE_SCHEMAS = (1, 2, 3)  # the schema versions `load` reads
+SCHEMA_VERSION = 4
+READABLE_SCHEMAS = (1, 2, 3, 4)  # the schema versions `load` reads
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 
@@ -101,6 +107,11 @@ WIRES = (WIRE_GRPC, WIRE_HTTP1)
 # The client libraries of the load users, as cells name them (harness/transports/base.py).
 LEAN = "lean"  # the project's lean clients: the cell measures the server
 LIBRARY = "library"  # the wire's stock Python library (grpcio, httpx)
+
+# The arms of an A/B run, as cells name them.
+BASELINE = "baseline"
+CURRENT = "current"
+ARMS = (BASELINE, CURRENT)
 
 # The fields of a transport descriptor in the run document's "transports" list.
 TRANSPORT_FIELDS = ("name", "label", "short_label", "wire", "server", "api", "media_type")
@@ -165,6 +176,8 @@ CELL_KEY = (
 
 CELL_FIELDS = (
     "trial",
+    "arm",
+    "block",
     *CELL_KEY,
     "duration_s",
     "requests",
@@ -250,6 +263,24 @@ class Run:
             return [dict(t) for t in LEGACY_TRANSPORTS]
         return []
 
+    @property
+    def is_ab(self) -> bool:
+        """An A/B run: both arms measured in one run (`bench --ab`)."""
+        return bool(self.meta.get("ab")) or any(
+            isinstance(c, dict) and c.get("arm") for c in self.cells
+        )
+
+    def arm(self, name: str) -> Run:
+        """One arm of an A/B run as a run of its own (the report shows the arms side by side,
+        labelled `RUN_ID baseline` and `RUN_ID current`)."""
+        meta = dict(self.meta)
+        meta["run_id"] = f"{self.label} {name}"
+        meta["arm_of"] = self.label
+        meta["conformance"] = [
+            c for c in self.conformance if not isinstance(c, dict) or c.get("arm") in (None, name)
+        ]
+        return Run(self.path, meta, [c for c in self.cells if c.get("arm") == name])
+
     def frame(self) -> pd.DataFrame:
         """The cells as a DataFrame, every field a column (missing ones as None)."""
         import pandas as pd
@@ -311,7 +342,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def load(path: str | Path) -> Run:
-    """Read one result file (or a directory holding `results.json`), of schema 1 or 2.
+    """Read one result file (or a directory holding `results.json`), of schema 1 to 4.
 
     A schema-1 file is brought up to schema 2 as it is read: every cell gets its
     `transport_tax_ms` (`transport_tax`), and the run its "transports" (LEGACY_TRANSPORTS)

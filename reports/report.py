@@ -3,7 +3,8 @@
 The report reads result files only (see `records`), never a live server. Sections, in
 order: header, verdict per model, the "gRPC is 7-10x faster" claim checked, a comparison
 when several runs are given (the first is the baseline), plots (inline SVG), conformance,
-validity, every cell, and each run's environment.
+validity, every cell, and each run's environment. An A/B result file is shown as its two
+arms, the baseline first (`arms`).
 
 `wiremark bench` calls `render(runs, out)` (or `write_report(paths, out)`) at the end of a
 run. matplotlib, pandas and jinja2 are imported only when a report is written, so the CLI
@@ -65,7 +66,15 @@ def run(args: argparse.Namespace) -> int:
 
 def write_report(paths: Iterable[str | Path], out: str | Path = DEFAULT_OUT) -> Path:
     """Read the result files (raising `records.RecordError` on bad ones) and render them."""
-    return render(records.load_all(paths), Path(out))
+    return render([arm for run in records.load_all(paths) for arm in arms(run)], Path(out))
+
+
+def arms(run: records.Run) -> list[records.Run]:
+    """The runs to show for one result file: itself, or an A/B run's arms (baseline first)
+    as runs of their own, so the report compares them as it compares two files."""
+    if not run.is_ab:
+        return [run]
+    return [run.arm(name) for name in records.ARMS if any(c.get("arm") == name for c in run.cells)]
 
 
 def render(runs: Sequence[records.Run], out: Path) -> Path:

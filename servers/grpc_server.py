@@ -45,7 +45,7 @@ from wiremark.payloads.contract import (
 )
 from wiremark.payloads.errors import InvalidInput, WiremarkError, grpc_status
 
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Slowdown
 from .runner import Runner
 from .service import ModelService
 
@@ -125,13 +125,13 @@ Services = dict[str, dict[str, Method]]
 @dataclass(frozen=True)
 class GrpcApi:
     """The gRPC services of one API (a transport's `api`): `module.services(service,
-    delay_s)` builds them. Imported on first use, as server kinds are."""
+    slowdown)` builds them. Imported on first use, as server kinds are."""
 
     name: str
     module: str
 
-    def services(self, service: ModelService, delay_s: float) -> Services:
-        built: Services = importlib.import_module(self.module).services(service, delay_s)
+    def services(self, service: ModelService, slowdown: Slowdown) -> Services:
+        built: Services = importlib.import_module(self.module).services(service, slowdown)
         return built
 
 
@@ -151,7 +151,7 @@ def failure(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
-def services(service: ModelService, delay_s: float) -> Services:
+def services(service: ModelService, slowdown: Slowdown) -> Services:
     """wiremark's own API, `wiremark.v1.Inference`: one typed method per model family."""
     codec = transports.ProtobufCodec()
     runners = service.runners
@@ -184,7 +184,7 @@ def services(service: ModelService, delay_s: float) -> Services:
         return pb.ModelMetadata(**_metadata_fields(info)).SerializeToString()  # type: ignore[arg-type]
 
     methods = {
-        name: Method(Pipeline(decoder(family), codec.encode_reply, delay_s))
+        name: Method(Pipeline(decoder(family), codec.encode_reply, slowdown))
         for family, name in GRPC_METHODS.items()
     }
     methods[GRPC_METADATA_METHOD] = Method(handler=metadata)
@@ -262,13 +262,13 @@ register_grpc_api(GrpcApi("wiremark", "wiremark.servers.grpc_server"))
 register_grpc_api(GrpcApi("tf-serving", "wiremark.servers.tfs_grpc"))
 
 
-def served_services(service: ModelService, delay_s: float) -> Services:
+def served_services(service: ModelService, slowdown: Slowdown) -> Services:
     """The services of every API whose transports this server kind serves."""
     built: Services = {}
     for api in dict.fromkeys(t.api for t in transports.served_by(SERVER_KIND)):
         if api not in GRPC_APIS:
             raise ValueError(f"no gRPC API {api!r} is registered (register_grpc_api)")
-        built |= GRPC_APIS[api].services(service, delay_s)
+        built |= GRPC_APIS[api].services(service, slowdown)
     return built
 
 
@@ -300,12 +300,11 @@ class GrpcServer:
 
     def _build(self) -> None:
         """Create the grpc server; in asyncio mode this must run inside the event loop."""
-        delay_s = self.service.config.inject_delay_ms / 1000.0
         config = self.service.config
         self.server, self.health = new_server(
             self.mode, config.max_body_bytes, self.threads, config.compression, self.reuse_port
         )
-        built = served_services(self.service, delay_s)
+        built = served_services(self.service, self.service.config.slowdown)
         self.server.add_generic_rpc_handlers(generic_handlers(built, self.mode))
         self.services = tuple(built)
         reflected = (*self.services, HEALTH_SERVICE, reflection.SERVICE_NAME)

@@ -185,7 +185,7 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
     if service.config.compression == "gzip":
         # every reply, however small, as gRPC's message compression does
         app.add_middleware(GZipMiddleware, minimum_size=0)
-    delay_s = service.config.inject_delay_ms / 1000.0
+    slowdown = service.config.slowdown
     limit = service.config.max_body_bytes
 
     @app.exception_handler(WiremarkError)
@@ -233,7 +233,7 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
 
         # one pipeline per media type this server speaks, chosen by the request's
         pipelines = {
-            media: (Pipeline(decoder(codec), codec.encode_reply, delay_s), codec.media_type)
+            media: (Pipeline(decoder(codec), codec.encode_reply, slowdown), codec.media_type)
             for media, codec in codecs.items()
         }
 

@@ -1,6 +1,6 @@
-"""The one request path every server kind runs: decode -> (injected delay) -> infer ->
-encode, each stage timed as a lap of one stopwatch (`payloads.timing.Laps`), whose header
-travels back as `Server-Timing` (HTTP) or `server-timing` trailing metadata (gRPC).
+"""The one request path every server kind runs: decode (+ injected CPU) -> (injected
+delay) -> infer -> encode, each stage timed as a lap of one stopwatch (`payloads.timing.Laps`),
+whose header travels back as `Server-Timing` (HTTP) or `server-timing` trailing metadata (gRPC).
 
 A server builds one `Pipeline` per method or route (and per codec), with what every request
 needs bound once; under load each look-up runs with cold caches. `run` is the thread-pool
@@ -29,6 +29,35 @@ Decode = Callable[[Any], tuple[Runner, Batch, Any]]
 Encode = Callable[[Prediction, Any], bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class Slowdown:
+    """A known regression every server kind injects the same way, to prove the gate catches
+    one: `serve --inject-delay-ms` waits (adds latency, no CPU: at saturation it is not what
+    a slower codec or model does) and `serve --inject-cpu-us` burns CPU on the request's
+    thread inside the decode lap, as a slower decoder would."""
+
+    delay_s: float = 0.0
+    cpu_s: float = 0.0
+
+    @classmethod
+    def of(cls, delay_ms: float = 0.0, cpu_us: float = 0.0) -> Slowdown:
+        return cls(delay_ms / 1000.0, cpu_us / 1e6)
+
+    def __bool__(self) -> bool:
+        return bool(self.delay_s or self.cpu_s)
+
+    def burn(self) -> None:
+        """Spin until this thread has used `cpu_s` more CPU time (not wall time: a thread
+        that is preempted meanwhile still burns the full amount)."""
+        if self.cpu_s:
+            end = time.thread_time() + self.cpu_s
+            while time.thread_time() < end:
+                pass
+
+
+NO_SLOWDOWN = Slowdown()
+
+
 def infer(runner: Runner, batch: Batch, laps: Laps) -> Prediction:
     prediction = runner.predict(batch)
     laps.lap("infer")
@@ -39,15 +68,16 @@ def infer(runner: Runner, batch: Batch, laps: Laps) -> Prediction:
 class Pipeline:
     decode: Decode
     encode: Encode
-    delay_s: float = 0.0  # `--inject-delay-ms`: a known slowdown, outside every lap
+    slowdown: Slowdown = NO_SLOWDOWN  # `--inject-cpu-us` in decode, the delay outside laps
 
     def run(self, data: Any) -> tuple[bytes, Laps]:
         """The request path on the calling thread."""
         laps = Laps()
         runner, batch, form = self.decode(data)
+        self.slowdown.burn()
         laps.lap("decode")
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        if self.slowdown.delay_s:
+            time.sleep(self.slowdown.delay_s)
             laps.restart()
         out = self.encode(infer(runner, batch, laps), form)
         laps.lap("encode")
@@ -57,9 +87,10 @@ class Pipeline:
         """The request path on an event loop; a runner marked `offload` infers on a thread."""
         laps = Laps()
         runner, batch, form = self.decode(data)
+        self.slowdown.burn()
         laps.lap("decode")
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        if self.slowdown.delay_s:
+            await asyncio.sleep(self.slowdown.delay_s)
             laps.restart()
         if runner.offload:
             loop = asyncio.get_running_loop()

@@ -147,6 +147,8 @@ def worker_argv(options: ServeOptions, port: int) -> list[str]:
         str(options.grace_s),
         "--inject-delay-ms",
         str(s.inject_delay_ms),
+        "--inject-cpu-us",
+        str(s.inject_cpu_us),
         "--compression",
         s.compression,
         "--workers",

@@ -18,6 +18,7 @@ from wiremark.payloads.contract import (
 )
 from wiremark.payloads.errors import NotReady, UnknownModel
 
+from .pipeline import Slowdown
 from .runner import Runner, build_all, models
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,20 @@ class ServiceConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # checked from the header, before decoding
-    inject_delay_ms: float = 0.0  # an artificial, documented slowdown for testing the gate
+    # an artificial, documented slowdown for proving the gate (`pipeline.Slowdown`): a wait
+    # per request, and CPU burnt per request
+    inject_delay_ms: float = 0.0
+    inject_cpu_us: float = 0.0
     # NAME -> MODEL: serve MODEL's runner under NAME, a deliberately wrong model for testing
     # that conformance checks catch one
     serve_as: tuple[tuple[str, str], ...] = ()
     # "gzip": compress every reply (gRPC message compression; HTTP Content-Encoding for
     # clients that send Accept-Encoding: gzip). Compressed requests are always accepted.
     compression: str = "none"
+
+    @property
+    def slowdown(self) -> Slowdown:
+        return Slowdown.of(self.inject_delay_ms, self.inject_cpu_us)
 
 
 @dataclass

@@ -21,12 +21,12 @@ from wiremark.payloads.errors import InvalidInput, Unimplemented
 from wiremark.payloads.transport import TensorProtoCodec
 
 from .grpc_server import Method, Services
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Slowdown
 from .runner import Runner
 from .service import ModelService
 
 
-def services(service: ModelService, delay_s: float) -> Services:
+def services(service: ModelService, slowdown: Slowdown) -> Services:
     codec = TensorProtoCodec()
     m = tfs_codec.apis()
     runners = service.runners
@@ -76,7 +76,7 @@ def services(service: ModelService, delay_s: float) -> Services:
         )
 
     prediction: dict[str, Method] = {
-        "Predict": Method(Pipeline(decode, codec.encode_reply, delay_s)),
+        "Predict": Method(Pipeline(decode, codec.encode_reply, slowdown)),
         "GetModelMetadata": Method(handler=metadata),
     }
     prediction |= {name: Method(handler=unserved(name)) for name in tfs_codec.UNSERVED}

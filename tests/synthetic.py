@@ -3,10 +3,10 @@
 The figures are plausible, not measured: latency grows with concurrency and payload, gRPC
 is a little faster than MessagePack, which is a little faster than JSON. `slowdown` scales
 every latency (and divides throughput), as a regression would; `noise` is the relative
-spread between trials. The files are schema 3, as `bench` writes them: the run's
-`transports`, and `transport_tax_ms` and `client` in every cell. `clients` names the load
-users' client libraries; a library client costs more client CPU per request (LIBRARY_CPU)
-than the lean one.
+spread between trials. The files are schema 4, as `bench` writes them for a plain run (no
+arm or block): the run's `transports`, and `transport_tax_ms` and `client` in every cell.
+`clients` names the load users' client libraries; a library client costs more client CPU
+per request (LIBRARY_CPU) than the lean one.
 """
 
 from __future__ import annotations

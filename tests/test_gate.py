@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.synthetic import run_doc, write_doc
+from wiremark.payloads.transport import names as transport_names
 from wiremark.reports import gate, records
 
 from . import cli
@@ -25,6 +26,9 @@ from . import cli
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 LATENCY = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms")
+# The tail and throughput rules many tests below judge by (the defaults are p50:+5% rps:-5%)
+TAIL = ("p99:+10%", "rps:-5%")
+TRANSPORTS_REGISTERED = transport_names()
 
 
 wiremark = functools.partial(cli.wiremark, cwd=ROOT)
@@ -81,8 +85,9 @@ def test_rules_parse(text: str, column: str, sign: int, threshold: float) -> Non
 
 
 def test_rule_semantics_and_defaults() -> None:
-    p99, rps = gate.parse_rules(None)
-    assert (p99.text, rps.text) == gate.DEFAULT_RULES == ("p99:+10%", "rps:-5%")
+    p50, rps = gate.parse_rules(None)
+    assert (p50.text, rps.text) == gate.DEFAULT_RULES == ("p50:+5%", "rps:-5%")
+    p99, _ = gate.parse_rules(TAIL)
     assert p99.worse(10.1) and not p99.worse(10.0) and not p99.worse(-50)
     assert p99.better(-10.1) and not p99.better(5)
     assert rps.worse(-5.1) and not rps.worse(-5.0) and not rps.worse(30)
@@ -182,7 +187,7 @@ def test_a_a_noisy_warns_and_wider_rules_pass(tmp_path: Path) -> None:
 def test_slowdown_fails(tmp_path: Path) -> None:
     base = load(run_doc(run_id="main", trials=5, noise=0.03, seed=1), tmp_path, "base")
     cur = load(run_doc(run_id="pr", trials=5, noise=0.03, seed=2, slowdown=1.2), tmp_path, "pr")
-    verdict = gate.evaluate(base, cur)
+    verdict = gate.evaluate(base, cur, TAIL)
     assert not verdict.passed and verdict.exit_status == 1
     assert len(verdict.regressions) == len(verdict.comparisons) == 54
     named = {(c.cell, c.rule.text): c for c in verdict.regressions}
@@ -205,7 +210,7 @@ def test_injected_delay_fails_small_models_only(tmp_path: Path) -> None:
     by far more than 10%; the 45 ms face model stays within p99:+10%."""
     base = load(run_doc(trials=5, noise=0.02, seed=3), tmp_path, "base")
     cur = load(add_delay(run_doc(trials=5, noise=0.02, seed=4), 2.0), tmp_path, "slow")
-    verdict = gate.evaluate(base, cur)
+    verdict = gate.evaluate(base, cur, TAIL)
     assert verdict.exit_status == 1
     regressed = {c.key["model"] for c in verdict.regressions}
     assert regressed == {"iris", "mnist"}
@@ -388,6 +393,7 @@ def test_cli_slowdown_end_to_end(files: dict[str, Path]) -> None:
         files["base"],
         "--current",
         files["slow"],
+        *("--rule", TAIL[0], "--rule", TAIL[1]),
         "--markdown",
         out / "gate.md",
         "--junit",
@@ -457,10 +463,10 @@ def test_cli_unusable_files(files: dict[str, Path]) -> None:
     missing = wiremark("gate", "--baseline", tmp / "nope.json", "--current", files["same"])
     assert missing.returncode == 2 and "no such result file" in missing.stderr
     other = tmp / "other.json"
-    other.write_text(json.dumps({"schema_version": 4, "cells": []}))
+    other.write_text(json.dumps({"schema_version": 5, "cells": []}))
     schema = wiremark("gate", "--baseline", files["base"], "--current", other)
     assert schema.returncode == 2
-    assert "schema_version 4; this wiremark reads 1, 2 and 3" in schema.stderr
+    assert "schema_version 5; this wiremark reads 1, 2, 3 and 4" in schema.stderr
     for result in (missing, schema):
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
@@ -474,10 +480,11 @@ def _commands(text: str, sub: str) -> list[list[str]]:
     found = []
     for line in joined.splitlines():
         at = line.find(f"wiremark {sub} ")
-        if at < 0 or line[:at].strip() not in ("", "-", "run:", "$"):
+        head = re.sub(r"\S*/$", "", line[:at]).strip()  # a venv's bin/ before the command
+        if at < 0 or head not in ("", "-", "run:", "$", "nohup"):
             continue
         words = shlex.split(line[at:], comments=True)
-        for stop in ("|", "||", "&&", ";", ">"):
+        for stop in ("|", "||", "&&", ";", ">", "&"):
             if stop in words:
                 words = words[: words.index(stop)]
         found.append(words[2:])
@@ -497,49 +504,95 @@ def _shell_text() -> dict[str, str]:
     return {"ci.md": blocks, "workflow": (DOCS / "github-actions-gate.yml").read_text()}
 
 
-BENCH_FLAGS = {"--scenario", "--out", "--repeat", "--inject-delay-ms", "--target"}
+def _bench_parser() -> argparse.ArgumentParser:
+    from wiremark.harness import bench
+
+    parser = argparse.ArgumentParser(prog="wiremark", exit_on_error=False)
+    bench.add_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    from wiremark import cli as wiremark_cli
+
+    parser = argparse.ArgumentParser(prog="wiremark", exit_on_error=False)
+    wiremark_cli.add_serve(parser.add_subparsers(dest="command"))
+    return parser
 
 
 @pytest.mark.parametrize("source", ["ci.md", "workflow"])
 def test_documented_commands_parse(source: str) -> None:
+    """Every `wiremark gate`, `bench` and `serve` line of docs/ci.md and the workflow parses
+    with the real parsers, and the A/B ones name the files and servers they should."""
     text = _shell_text()[source]
     gates = _commands(text, "gate")
     assert gates, f"no `wiremark gate` command in {source}"
+    ab_gates = 0
     for words in gates:
         args = _gate_parser().parse_args(["gate", *words])
-        assert args.baseline.endswith("results.json") and args.current.endswith("results.json")
+        if args.results is not None:  # an A/B run, gated alone
+            ab_gates += 1
+            assert args.baseline is None and args.current is None
+            assert args.results.endswith("results.json")
+        else:
+            assert all(b.endswith("results.json") for b in args.baseline)
+            assert args.current.endswith("results.json")
         for rule in args.rule:
             gate.Rule.parse(rule)
+    assert ab_gates, f"no A/B gate (wiremark gate RESULTS) in {source}"
     benches = _commands(text, "bench")
-    assert benches and any("--repeat" in words for words in benches)
+    assert benches
     for words in benches:
-        flags = {w.split("=")[0] for w in words if w.startswith("--")}
-        assert flags <= BENCH_FLAGS, flags - BENCH_FLAGS
-        assert words[words.index("--repeat") + 1] == "5"
+        args = _bench_parser().parse_args(["bench", *words])
+        ab = args.ab or args.baseline_target
+        if ab and args.baseline_target:
+            assert dict(args.baseline_target).keys() == dict(args.target).keys()
+        if args.scenario == "gate":
+            assert ab, f"the gate scenario without an A/B run: {words}"
+    assert any(a for a in (_bench_parser().parse_args(["bench", *w]) for w in benches)
+               if a.ab or a.baseline_target)  # fmt: skip
+    shell = {"$((8000 + i))": "8001", "$((8100 + i))": "8101", '"$t"': "json"}
+    shell |= {'"$MODELS"': "iris,mnist"}
+    for name, value in shell.items():
+        text = text.replace(name, value)
+    for words in _commands(text, "serve"):
+        _serve_parser().parse_args(["serve", *words])
 
 
 def test_workflow_yaml() -> None:
+    """The workflow runs the A/B recipe: both builds checked out and installed, one server of
+    each per transport on the ports the bench step targets, the gate on the A/B file."""
     yaml = pytest.importorskip("yaml")
     doc = yaml.safe_load((DOCS / "github-actions-gate.yml").read_text())
     triggers = doc.get("on", doc.get(True))  # YAML 1.1 reads a bare `on` as true
-    assert "pull_request" in triggers and triggers["push"]["branches"] == ["main"]
+    assert "pull_request" in triggers
     assert doc["permissions"]["pull-requests"] == "write"
     (job,) = doc["jobs"].values()
     steps = job["steps"]
+    checkouts = [s for s in steps if s.get("uses", "").startswith("actions/checkout")]
+    assert sorted(s["with"]["path"] for s in checkouts) == ["main", "pr"]
+    assert any("base.ref" in str(s["with"].get("ref")) for s in checkouts)
     uses = [s.get("uses", "").split("@")[0] for s in steps]
-    for action in (
-        "actions/checkout",
-        "actions/upload-artifact",
-        "dawidd6/action-download-artifact",
-        "marocchino/sticky-pull-request-comment",
-    ):
+    for action in ("actions/upload-artifact", "marocchino/sticky-pull-request-comment"):
         assert action in uses
-    runs = [s["run"] for s in steps if "run" in s]
-    (gate_step,) = [s for s in steps if "wiremark gate" in s.get("run", "")]
-    assert "baseline/results.json" in gate_step["if"]
+    transports = job["env"]["TRANSPORTS"].split()
+    assert set(transports) <= set(TRANSPORTS_REGISTERED)
+    start = next(s["run"] for s in steps if "wiremark serve" in s.get("run", ""))
+    assert "main/.venv/bin/wiremark serve" in start and "pr/.venv/bin/wiremark serve" in start
+    assert "$((8000 + i))" in start and "$((8100 + i))" in start
+    assert f"-eq {2 * len(transports)}" in start  # waits for every server's "ready: "
+    (bench_words,) = _commands(
+        next(s["run"] for s in steps if "wiremark bench" in s.get("run", "")), "bench"
+    )
+    args = _bench_parser().parse_args(["bench", *bench_words])
+    for i, t in enumerate(transports, start=1):  # the ports the start step gave each server
+        assert dict(args.baseline_target)[t] == f"127.0.0.1:{8000 + i}"
+        assert dict(args.target)[t] == f"127.0.0.1:{8100 + i}"
+    gate_step = next(s for s in steps if "wiremark gate" in s.get("run", ""))
+    (gate_words,) = _commands(gate_step["run"], "gate")
+    assert _gate_parser().parse_args(["gate", *gate_words]).results == f"{args.out}/results.json"
     comment = next(s for s in steps if "sticky-pull-request-comment" in s.get("uses", ""))
     assert comment["with"]["path"] == "gate.md" and "always()" in comment["if"]
-    assert any("wiremark bench" in r for r in runs)
 
 
 def test_many_comparisons_are_adjusted(tmp_path: Path) -> None:
@@ -558,12 +611,12 @@ def test_many_comparisons_are_adjusted(tmp_path: Path) -> None:
     )
     assert hit == 5
     base = load(base_doc, tmp_path, "a")
-    verdict = gate.evaluate(base, load(lone, tmp_path, "b"))
+    verdict = gate.evaluate(base, load(lone, tmp_path, "b"), TAIL)
     (c,) = [c for c in verdict.comparisons if c.change_pct > 1]
     assert c.p_value == pytest.approx(1 / 252) and c.q_value > 0.05
     assert c.verdict == gate.UNCHANGED and verdict.passed
     broad = run_doc(run_id="c", trials=5, noise=0.0, seed=1)
     edit(broad, lambda c: c.update(p99_ms=c["p99_ms"] * 1.2))
-    verdict = gate.evaluate(base, load(broad, tmp_path, "c"))
+    verdict = gate.evaluate(base, load(broad, tmp_path, "c"), TAIL)
     assert len(verdict.regressions) == 27 and not verdict.passed
     assert all(r.q_value <= 0.05 for r in verdict.regressions)

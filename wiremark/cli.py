@@ -82,9 +82,16 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--inject-delay-ms",
-        type=float,
+        type=usage.non_negative,
         default=0.0,
         help="add this delay to every prediction (for testing gates)",
+    )
+    p.add_argument(
+        "--inject-cpu-us",
+        type=usage.non_negative,
+        default=0.0,
+        help="burn this much CPU (microseconds) on every prediction, as a slower codec would "
+        "(for testing gates)",
     )
     p.add_argument(
         "--compression",
@@ -128,6 +135,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             max_image_pixels=args.max_image_pixels,
             inject_delay_ms=args.inject_delay_ms,
+            inject_cpu_us=args.inject_cpu_us,
             compression=args.compression,
             serve_as=tuple(args.serve_as),
         ),
