@@ -15,6 +15,9 @@
    remain it is flagged client-bound. Replies are sampled and checked against the
    in-process reference during load; the first cell of each workload also counts the bytes
    on the wire through a relay, before its timed load.
+   After every cell it checks the servers it started (`harness/watch.py`): one that died is
+   reported in one line, restarted once, and the cell is marked "server down"; the run then
+   exits 1. A cell whose requests were all refused is "server down" too, never client-bound.
 4. Writes `DIR/results.json` and `DIR/results.csv` after every cell (an interrupted run
    keeps what it finished), then `DIR/report.html`.
 
@@ -52,8 +55,9 @@ from .clients import CONNECT_TIMEOUT, connect
 from .conformance import add_target_option, conform, parse_target
 from .execution import BenchError, Executor, Target
 from .launch import ServerProcess, ServerStartError, running
-from .record import References
+from .record import SERVER_DOWN, References, failed_cell
 from .scenario import CellSpec, Scenario
+from .watch import Watch, mark_down
 
 COMMON_SETTINGS = {
     "server_timing": "on (decode, infer, encode per reply)",
@@ -221,6 +225,9 @@ def summary_line(
     return f"[{index:>3}/{total}] {label:<{width}} {figures}  {'  '.join(flags)}".rstrip()
 
 
+ServerKey = tuple[str | None, str, str]  # (arm, transport, compression)
+
+
 @contextmanager
 def started_servers(
     arms: list[Arm],
@@ -229,10 +236,10 @@ def started_servers(
     models: list[str],
     server_cpus: str | None,
     say: Callable[[str], None],
-) -> Iterator[dict[tuple[str | None, str, str], Target]]:
+) -> Iterator[dict[ServerKey, ServerProcess]]:
     """One server per arm, transport and compression setting, up and SERVING (all loading
-    at once), stopped after: (arm, transport, compression) -> Target."""
-    procs: dict[tuple[str | None, str, str], ServerProcess] = {}
+    at once), stopped after: (arm, transport, compression) -> its process."""
+    procs: dict[ServerKey, ServerProcess] = {}
     for arm in arms:
         for compression in compressions:
             for t in transports:
@@ -245,10 +252,7 @@ def started_servers(
         say(f"waiting for {len(procs)} servers to load {', '.join(models)} ...")
 
     with running(procs.values(), ready_timeout=300, before_ready=loading):
-        yield {
-            key: Target(key[1], p.address, p.proc.pid if p.proc else None)
-            for key, p in procs.items()
-        }
+        yield procs
 
 
 def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[Arm]) -> int:
@@ -309,6 +313,7 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
     if ab:
         for arm in arms:
             say(f"  {arm.name} arm: {arm.words()}")
+    watch: Watch | None = None
     with ExitStack() as stack:
         if external:
             targets = {
@@ -318,11 +323,16 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
                 for c in scenario.compression
             }
         else:
-            targets = stack.enter_context(
+            procs = stack.enter_context(
                 started_servers(
                     arms, transports, scenario.compression, scenario.models, server_cpus, say
                 )
             )
+            targets = {
+                key: Target(key[1], p.address, p.proc.pid if p.proc else None)
+                for key, p in procs.items()
+            }
+            watch = Watch(procs, targets, stack, say)
         say(
             "checking conformance (every model on every transport against the in-process model) ..."
         )
@@ -376,14 +386,23 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
                 reference = references.get(spec.model, spec.batch, spec.encoding)
                 for arm in order.sample(arms, len(arms)) if ab else arms:
                     index += 1
-                    cell = executors[arm.name].measure(
-                        spec,
-                        trial,
-                        rate,
-                        targets[(arm.name, spec.transport, spec.compression)],
-                        reference,
-                        (arm.name, spec.model, spec.transport) in failed,
-                    )
+                    server = (arm.name, spec.transport, spec.compression)
+                    if watch is not None and server in watch.down:  # lost: not run
+                        cell = failed_cell(spec, trial, rate, "", reference)
+                        cell["invalid_reasons"] = [f"{SERVER_DOWN}: {watch.down[server]}"]
+                        cell["scaling"] = SERVER_DOWN
+                    else:
+                        cell = executors[arm.name].measure(
+                            spec,
+                            trial,
+                            rate,
+                            targets[server],
+                            reference,
+                            (arm.name, spec.model, spec.transport) in failed,
+                        )
+                        died = watch.check() if watch is not None else {}
+                        if server in died:
+                            mark_down(cell, died[server])
                     if ab:
                         cell |= {"arm": arm.name, "block": trial}
                     writer.add_cell(cell)
@@ -399,6 +418,13 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
         say(f"gate the arms: wiremark gate {writer.json_path}")
     if not args.no_report:
         say(f"report: {write_report(out)}")
+    if watch is not None and watch.deaths:
+        lost = sum(1 for c in writer.doc["cells"] if c.get("scaling") == SERVER_DOWN)
+        say(
+            f"wiremark: {len(watch.deaths)} server death(s) during the run; {lost} cells "
+            f"marked {SERVER_DOWN!r}: {'; '.join(watch.deaths)}"
+        )
+        return 1
     return 1 if failed else 0
 
 

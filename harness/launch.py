@@ -7,6 +7,7 @@ or grpc.health.v1 Check) until it says SERVING.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -66,8 +67,26 @@ class ServerProcess:
                 self._bound.set()
         self._bound.set()  # the process ended
 
-    def log_text(self) -> str:
-        return "\n".join(self.log[-40:])
+    def log_text(self, lines: int = 40) -> str:
+        return "\n".join(self.log[-lines:])
+
+    def ended(self) -> str | None:
+        """None while the process runs (or never started); else how it ended, in words:
+        `exit 1`, `killed by SIGKILL`."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        code = self.proc.returncode
+        if code >= 0:
+            return f"exit {code}"
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+
+    def fresh(self) -> ServerProcess:
+        """A new, unstarted process of the same server (a free port: the old one may still
+        be held)."""
+        return dataclasses.replace(self, port=0, proc=None, log=[], _bound=threading.Event())
 
     @property
     def address(self) -> str:

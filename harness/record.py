@@ -143,6 +143,9 @@ def identity(spec: CellSpec, trial: int, rate: float | None) -> dict[str, Any]:
     }
 
 
+SERVER_DOWN = "server down"  # how a cell whose server was gone says so
+
+
 def record(
     spec: CellSpec,
     trial: int,
@@ -162,6 +165,14 @@ def record(
     share = got.client_cpu_s / available if available > 0 else 0.0
     check = check_samples(spec, got.samples, reference)
     reasons = []
+    # no reply at all: the cell measured neither side (a load generator spinning on refused
+    # connections looks saturated, but it is not the bottleneck of anything)
+    no_replies = n == 0 and got.errors > 0
+    if no_replies and "refused" in got.first_error.lower():
+        reasons.append(
+            f"{SERVER_DOWN}: every request failed, the connection refused "
+            f"(first: {got.first_error[:160]})"
+        )
     if wall < scenario.duration_s * 0.9:
         reasons.append(f"measured {wall:.1f} s of {scenario.duration_s} s")
     if n < scenario.min_requests:
@@ -202,7 +213,7 @@ def record(
         "inprocess_ms": round(reference.inprocess_ms, 4),
         "transport_tax_ms": records.transport_tax(pct["p50"], reference.inprocess_ms),
         "processes": processes,
-        "client_bound": share >= CLIENT_BOUND,
+        "client_bound": share >= CLIENT_BOUND and not no_replies,
         "scaling": "",
         "sampled": check.checked,
         "sample_mismatches": check.differing,

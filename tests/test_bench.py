@@ -146,6 +146,53 @@ def test_an_interrupted_run_keeps_the_finished_cells_and_reports_them(tmp_path):
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
 
+def test_a_server_killed_mid_run_is_reported_restarted_and_fails_the_run(tmp_path):
+    """SIGKILL the JSON server after the first cell: bench says so in one line (exit status,
+    log), restarts it once, marks the cell it died in (or the next, which found it gone)
+    "server down", not client-bound, measures the cells after it, and exits 1."""
+    text = TINY.replace("rate = [150]", "rate = []").replace(
+        'models = ["iris"]', 'models = ["iris"]\ntransports = ["json"]'
+    )
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "wiremark", "bench", "--no-report", "--repeat", "5"),
+            *("--scenario", scenario_file(tmp_path, text), "--out", str(out)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            path = out / records.RESULTS_JSON
+            if path.exists() and json.loads(path.read_text())["cells"]:
+                break
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.2)
+        (server,) = [
+            c
+            for c in psutil.Process(proc.pid).children(recursive=True)
+            if "serve" in c.cmdline() and "json" in c.cmdline()
+        ]
+        server.kill()
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr[-2000:]
+    (died,) = [line for line in stderr.splitlines() if "restarting it once" in line]
+    assert died.startswith("wiremark: the json server (") and "died: killed by SIGKILL" in died
+    assert "the json server is back on" in stderr and "1 server death(s)" in stderr
+    run = records.load(out)
+    assert len(run.cells) == 5
+    down = [c for c in run.cells if c["scaling"] == "server down"]
+    assert len(down) == 1 and not down[0]["valid"] and not down[0]["client_bound"]
+    assert down[0]["invalid_reasons"][0].startswith("server down: the json server")
+    after = run.cells[run.cells.index(down[0]) + 1 :]
+    assert after and all(c["valid"] and c["requests"] > 0 for c in after)
+
+
 def test_a_client_bound_cell_is_flagged(tmp_path):
     """grpcio under gevent (the library client) needs more CPU per request than the iris
     server: at 32 users on one core of its own it usually saturates first. Whether it did
