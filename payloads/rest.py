@@ -63,11 +63,23 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
         try:
             return msgpack.unpackb(body, raw=False, strict_map_key=True)
         except (ValueError, msgpack.UnpackException, TypeError) as exc:
-            raise MalformedBody(f"invalid MessagePack: {exc}", field="body") from None
+            raise MalformedBody(f"invalid MessagePack: {_msgpack_problem(exc)}", "body") from None
     raise UnsupportedMediaType(
         f"unsupported Content-Type {media!r}: use application/json or application/msgpack",
         field="content-type",
     )
+
+
+def _msgpack_problem(exc: Exception) -> str:
+    """What was wrong with a MessagePack body, in words (msgpack's StackError and
+    FormatError carry no message)."""
+    if isinstance(exc, msgpack.StackError):
+        return "nested too deeply"
+    if isinstance(exc, msgpack.FormatError):
+        return "a reserved or unknown type byte (such as 0xc1)"
+    if isinstance(exc, msgpack.ExtraData):
+        return "extra bytes after the body's value"
+    return str(exc) or type(exc).__name__
 
 
 # What curl sends by default (-d): TF Serving reads the body as JSON whatever it says.

@@ -156,3 +156,19 @@ def test_columnar_named_inputs_of_different_sizes():
     body = {"inputs": {"image": [b"a", b"b"], "image_id": ["x"]}}
     with pytest.raises(InvalidInput, match="different batch sizes"):
         rest.decode_request(Family.FACES, body, Limits(8))
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"\x91" * 100_000 + b"\x00", "nested too deeply"),
+        (b"\xc1", "reserved or unknown type byte"),
+        (b"\x01\x02", "extra bytes"),
+        (b"\x92\x01", "incomplete input"),
+    ],
+)
+def test_bad_msgpack_says_what_is_wrong(body: bytes, says: str) -> None:
+    with pytest.raises(errors.MalformedBody) as err:
+        rest.parse_body(body, "application/msgpack")
+    assert str(err.value).startswith("invalid MessagePack: ") and says in str(err.value)
+    assert err.value.field == "body"
