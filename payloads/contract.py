@@ -60,6 +60,9 @@ SERVER_TIMING = "server-timing"  # HTTP header and gRPC trailing-metadata key
 
 DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# An HTTP body that stops arriving for this long is answered 408: an idle limit, not a
+# deadline, so a slow but steady client (a large image on a thin link) is never cut off.
+DEFAULT_BODY_IDLE_S = 10.0
 # 8 MP: a 4K UHD frame (3840 x 2160) passes; MTCNN's memory grows with the pixels
 DEFAULT_MAX_IMAGE_PIXELS = 8 * 1024 * 1024
 

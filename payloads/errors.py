@@ -8,6 +8,7 @@
     ├── InvalidInput              the body parses but a value is wrong: shape, type, NaN, ...
     ├── TooLarge                  a batch above the limit, or a body above the size limit
     ├── NotReady                  the server is still loading or warming its models
+    ├── SlowBody                  the client stopped sending its body (HTTP: 408)
     ├── Unimplemented             a method of a standard API this server does not serve
     ├── ServerFault               the server failed on a good request (a bug, a crash)
     ├── Unreachable               no connection: refused, reset, or no such host (client side)
@@ -74,6 +75,10 @@ class Unimplemented(WiremarkError):
     pass
 
 
+class SlowBody(WiremarkError):
+    pass
+
+
 class ServerFault(WiremarkError):
     pass
 
@@ -97,6 +102,7 @@ HTTP_STATUS: dict[type[WiremarkError], int] = {
     InvalidInput: 400,
     NotReady: 503,
     Unimplemented: 501,
+    SlowBody: 408,
     ServerFault: 500,
     Unreachable: 502,
     DeadlineExceeded: 504,
@@ -111,6 +117,7 @@ GRPC_STATUS: dict[type[WiremarkError], grpc.StatusCode] = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     NotReady: grpc.StatusCode.UNAVAILABLE,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    SlowBody: grpc.StatusCode.DEADLINE_EXCEEDED,
     ServerFault: grpc.StatusCode.INTERNAL,
     Unreachable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -128,6 +135,7 @@ def grpc_status(error: WiremarkError) -> grpc.StatusCode:
 _FROM_HTTP = {
     400: InvalidInput,
     404: UnknownModel,
+    408: DeadlineExceeded,  # the server gave up waiting for the body
     413: TooLarge,  # a proxy's answer to a large body
     415: UnsupportedMediaType,
     422: InvalidInput,

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from wiremark.payloads import rest, schemas, signatures, tfs_codec
@@ -37,6 +38,7 @@ from wiremark.payloads.errors import (
     InvalidInput,
     MalformedBody,
     ServerFault,
+    SlowBody,
     TooLarge,
     UnknownModel,
     UnsupportedMediaType,
@@ -106,15 +108,31 @@ def body_headers(scope: MutableMapping[str, Any]) -> tuple[str, int | None, str]
     return media, declared, encoding
 
 
-async def read_body(request: Request, limit: int, declared: int | None, encoding: str) -> bytes:
+async def read_body(
+    request: Request, limit: int, declared: int | None, encoding: str, idle_s: float
+) -> bytes:
+    """The request body, refused past `limit` bytes (declared or sent), and answered 408
+    when no byte of it arrives for `idle_s` seconds (0: wait for ever). The idle timer is
+    rescheduled on every chunk, so it costs one timer per request."""
     if declared is not None and declared > limit:
         raise TooLarge(f"body of {declared} bytes exceeds the limit of {limit}", "body")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"body exceeds the limit of {limit} bytes", "body")
-        chunks.append(chunk)
+    loop = asyncio.get_running_loop()
+    stream = request.stream()
+    try:
+        async with asyncio.timeout(idle_s or None) as idle:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"body exceeds the limit of {limit} bytes", "body")
+                chunks.append(chunk)
+                if idle_s:
+                    idle.reschedule(loop.time() + idle_s)
+    except TimeoutError:
+        of = f" of the {declared} declared" if declared is not None else ""
+        raise SlowBody(
+            f"the body stopped arriving: no bytes for {idle_s:g} s after {size}{of}", "body"
+        ) from None
     body = b"".join(chunks)
     if encoding == "gzip":
         return gunzip(body, limit)
@@ -187,10 +205,21 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
         app.add_middleware(GZipMiddleware, minimum_size=0)
     slowdown = service.config.slowdown
     limit = service.config.max_body_bytes
+    idle_s = service.config.body_idle_s
 
     @app.exception_handler(WiremarkError)
     async def _wiremark_error(request: Request, exc: WiremarkError) -> Response:
-        return error_response(exc)
+        response = error_response(exc)
+        if isinstance(exc, SlowBody):  # the rest of its body may still come: do not reuse
+            response.headers["connection"] = "close"
+        return response
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # the client left mid-request: nothing to answer, and not the server's fault
+        client = f"{request.client.host}:{request.client.port}" if request.client else "?"
+        log.info("client %s went away before its request to %s was read", client, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def _server_fault(request: Request, exc: Exception) -> Response:
@@ -243,7 +272,7 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
             if params:
                 check_version(name, params)
             media, declared, encoding = body_headers(request.scope)
-            body = await read_body(request, limit, declared, encoding)
+            body = await read_body(request, limit, declared, encoding, idle_s)
             chosen = pipelines.get(media)
             if chosen is None:
                 raise unsupported(media)

@@ -139,6 +139,8 @@ def worker_argv(options: ServeOptions, port: int) -> list[str]:
         str(s.max_batch),
         "--max-body-bytes",
         str(s.max_body_bytes),
+        "--body-idle-timeout",
+        str(s.body_idle_s),
         "--max-image-pixels",
         str(s.max_image_pixels),
         "--grpc-mode",

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wiremark.payloads.contract import (
+    DEFAULT_BODY_IDLE_S,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -30,6 +31,7 @@ class ServiceConfig:
     device: str = "cpu"
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_idle_s: float = DEFAULT_BODY_IDLE_S  # HTTP: seconds without body bytes -> 408
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # checked from the header, before decoding
     # an artificial, documented slowdown for proving the gate (`pipeline.Slowdown`): a wait
     # per request, and CPU burnt per request

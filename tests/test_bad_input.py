@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import socket
+import time
 import zlib
+from collections.abc import Iterator
 
 import grpc
 import msgpack
@@ -12,6 +16,7 @@ import numpy as np
 import orjson
 import pytest
 
+from wiremark.harness.launch import ServerProcess
 from wiremark.payloads import samples
 from wiremark.payloads import wiremark_pb2 as pb
 from wiremark.payloads.contract import JSON, MSGPACK, metadata_path, predict_path
@@ -367,3 +372,70 @@ def test_digit_values_reach_the_model_unchanged(servers, grpc_channel, reference
     assert a == b
     want = reference["mnist"].predict(np.asarray([DIGIT]))
     assert pb.ClassifyResponse.FromString(a).predictions[0].class_id == int(want.class_ids[0])
+
+
+# --- slow and vanishing clients (HTTP) --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def patient_server() -> Iterator[ServerProcess]:
+    """A JSON server whose body idle limit is short enough to test: 2 s without a byte."""
+    with ServerProcess("json", ("--models", "iris", "--body-idle-timeout", "2")) as proc:
+        yield proc
+
+
+def raw_request(address: str, declared: int, body: bytes) -> socket.socket:
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    head = (
+        f"POST /v1/models/iris:predict HTTP/1.1\r\nHost: {address}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes the connection (the socket's timeout bounds it)."""
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_a_body_that_stops_arriving_gets_408_and_the_connection_closed(patient_server):
+    """Content-Length 1000, 10 bytes sent, then nothing: 408 naming the body once the idle
+    limit passes, and the server closes the connection rather than hold it."""
+    with raw_request(patient_server.address, 1000, b'{"instance') as sock:
+        reply = read_all(sock)  # returns only because the server closed the connection
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), reply[:300]
+    error = json.loads(body)
+    assert error["field"] == "body" and "stopped arriving" in error["error"]
+    assert "after 10 of the 1000 declared" in error["error"]
+    assert patient_server.healthy()
+
+
+def test_a_slow_steady_body_is_not_cut_off(patient_server):
+    """Sent in 12 pieces 0.1 s apart (1.2 s in all, each gap far under the 2 s idle limit):
+    answered as any other request."""
+    body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+    pieces = [body[i : i + 3] for i in range(0, len(body), 3)][:12]
+    pieces[-1] += body[3 * 12 :]
+    with raw_request(patient_server.address, len(body), b"") as sock:
+        for piece in pieces:
+            time.sleep(0.1)
+            sock.sendall(piece)
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+
+
+def test_a_client_that_goes_away_is_not_an_internal_error(patient_server):
+    sock = raw_request(patient_server.address, 1000, b'{"instances": [[5.1,')
+    sock.close()
+    deadline = time.monotonic() + 30
+    while "went away" not in patient_server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = patient_server.log_text()
+    assert "went away" in log and "Traceback" not in log and "internal error" not in log
+    assert patient_server.healthy()

@@ -34,6 +34,7 @@ class _KeepOut:
 def add_serve(sub: argparse._SubParsersAction) -> None:
     from wiremark.payloads import transport as transports
     from wiremark.payloads.contract import (
+        DEFAULT_BODY_IDLE_S,
         DEFAULT_MAX_BATCH,
         DEFAULT_MAX_BODY_BYTES,
         DEFAULT_MAX_IMAGE_PIXELS,
@@ -68,6 +69,14 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "--max-batch", type=usage.positive, default=DEFAULT_MAX_BATCH, help="instances per request"
     )
     p.add_argument("--max-body-bytes", type=usage.positive, default=DEFAULT_MAX_BODY_BYTES)
+    p.add_argument(
+        "--body-idle-timeout",
+        type=usage.non_negative,
+        default=DEFAULT_BODY_IDLE_S,
+        metavar="S",
+        help="HTTP: answer 408 when a request body stops arriving for S seconds "
+        "(an idle limit: a slow, steady client is never cut off; default: %(default)s)",
+    )
     p.add_argument(
         "--max-image-pixels",
         type=usage.positive,
@@ -133,6 +142,7 @@ def run_serve(args: argparse.Namespace) -> int:
             device=args.device,
             max_batch=args.max_batch,
             max_body_bytes=args.max_body_bytes,
+            body_idle_s=args.body_idle_timeout,
             max_image_pixels=args.max_image_pixels,
             inject_delay_ms=args.inject_delay_ms,
             inject_cpu_us=args.inject_cpu_us,
