@@ -110,7 +110,7 @@ class ModelService:
         if not self.ready:
             raise NotReady("models are still loading; retry when /healthz says SERVING")
         loaded = ", ".join(self.runners) or "none"
-        raise UnknownModel(f"no model named {model!r} is loaded (loaded: {loaded})", "model")
+        raise UnknownModel(f"no model named {model[:64]!r} is loaded (loaded: {loaded})", "model")
 
     def limits(self, runner: Runner) -> Limits:
         """What one request to `runner` may hold (made once per model, not per request)."""
