@@ -63,6 +63,10 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # An HTTP body that stops arriving for this long is answered 408: an idle limit, not a
 # deadline, so a slow but steady client (a large image on a thin link) is never cut off.
 DEFAULT_BODY_IDLE_S = 10.0
+# Predictions in flight per server process past which a request is refused at once (HTTP
+# 503 with Retry-After, gRPC RESOURCE_EXHAUSTED) rather than queued without bound. Above
+# every load the shipped scenarios offer (64 users); idle keep-alive connections do not count.
+DEFAULT_MAX_IN_FLIGHT = 128
 # 8 MP: a 4K UHD frame (3840 x 2160) passes; MTCNN's memory grows with the pixels
 DEFAULT_MAX_IMAGE_PIXELS = 8 * 1024 * 1024
 

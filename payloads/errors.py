@@ -9,6 +9,7 @@
     ├── TooLarge                  a batch above the limit, or a body above the size limit
     ├── NotReady                  the server is still loading or warming its models
     ├── SlowBody                  the client stopped sending its body (HTTP: 408)
+    ├── Overloaded                `--max-in-flight` requests already in flight: retry later
     ├── Unimplemented             a method of a standard API this server does not serve
     ├── ServerFault               the server failed on a good request (a bug, a crash)
     ├── Unreachable               no connection: refused, reset, or no such host (client side)
@@ -79,6 +80,10 @@ class SlowBody(WiremarkError):
     pass
 
 
+class Overloaded(WiremarkError):
+    pass
+
+
 class ServerFault(WiremarkError):
     pass
 
@@ -103,6 +108,7 @@ HTTP_STATUS: dict[type[WiremarkError], int] = {
     NotReady: 503,
     Unimplemented: 501,
     SlowBody: 408,
+    Overloaded: 503,  # with Retry-After
     ServerFault: 500,
     Unreachable: 502,
     DeadlineExceeded: 504,
@@ -118,6 +124,7 @@ GRPC_STATUS: dict[type[WiremarkError], grpc.StatusCode] = {
     NotReady: grpc.StatusCode.UNAVAILABLE,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     SlowBody: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ServerFault: grpc.StatusCode.INTERNAL,
     Unreachable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -76,21 +76,29 @@ def new_server(
     threads: int = DEFAULT_THREADS,
     compression: str = "none",
     reuse_port: bool = False,
+    max_in_flight: int | None = None,
 ) -> tuple[Any, Any]:
     """A grpc server of the mode, with the settings every server here shares (the model
     server and the echo of `wiremark overhead`), and its health servicer, registered.
-    In asyncio mode this must run inside the event loop."""
+    In asyncio mode this must run inside the event loop. `max_in_flight`: grpcio refuses
+    calls past it with RESOURCE_EXHAUSTED ("Concurrent RPC limit exceeded") instead of
+    queueing them."""
     options = server_options(max_body_bytes, reuse_port)
     # compressed requests are always accepted; this compresses every reply
     reply_compression = grpc.Compression.Gzip if compression == "gzip" else None
     if mode == "aio":
-        server: Any = grpc.aio.server(options=options, compression=reply_compression)
+        server: Any = grpc.aio.server(
+            options=options,
+            compression=reply_compression,
+            maximum_concurrent_rpcs=max_in_flight,
+        )
         servicer: Any = health.aio.HealthServicer()
     else:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads),
             options=options,
             compression=reply_compression,
+            maximum_concurrent_rpcs=max_in_flight,
         )
         servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
@@ -302,7 +310,12 @@ class GrpcServer:
         """Create the grpc server; in asyncio mode this must run inside the event loop."""
         config = self.service.config
         self.server, self.health = new_server(
-            self.mode, config.max_body_bytes, self.threads, config.compression, self.reuse_port
+            self.mode,
+            config.max_body_bytes,
+            self.threads,
+            config.compression,
+            self.reuse_port,
+            config.max_in_flight,
         )
         built = served_services(self.service, self.service.config.slowdown)
         self.server.add_generic_rpc_handlers(generic_handlers(built, self.mode))

@@ -37,6 +37,7 @@ from wiremark.payloads.contract import JSON, MODEL_FAMILIES, MSGPACK_ALIASES, Fa
 from wiremark.payloads.errors import (
     InvalidInput,
     MalformedBody,
+    Overloaded,
     ServerFault,
     SlowBody,
     TooLarge,
@@ -92,6 +93,30 @@ def unsupported(media: str) -> UnsupportedMediaType:
 
 def error_response(exc: WiremarkError) -> Response:
     return Response(rest.dump_json(exc.to_dict()), status_code=http_status(exc), media_type=JSON)
+
+
+class Admission:
+    """At most `limit` predictions in progress (on one event loop, so a plain counter);
+    one more is refused at once with Overloaded (503, Retry-After) rather than queued.
+    Requests count from when their body has arrived: idle keep-alive connections and
+    bodies still on the way take no place."""
+
+    __slots__ = ("busy", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.busy = limit, 0
+
+    def __enter__(self) -> None:
+        if self.busy >= self.limit:
+            raise Overloaded(
+                f"{self.busy} predictions in progress, the server's limit "
+                f"(--max-in-flight {self.limit}): retry later",
+                "server",
+            )
+        self.busy += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.busy -= 1
 
 
 def body_headers(scope: MutableMapping[str, Any]) -> tuple[str, int | None, str]:
@@ -206,12 +231,15 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
     slowdown = service.config.slowdown
     limit = service.config.max_body_bytes
     idle_s = service.config.body_idle_s
+    admission = Admission(service.config.max_in_flight)
 
     @app.exception_handler(WiremarkError)
     async def _wiremark_error(request: Request, exc: WiremarkError) -> Response:
         response = error_response(exc)
         if isinstance(exc, SlowBody):  # the rest of its body may still come: do not reuse
             response.headers["connection"] = "close"
+        elif isinstance(exc, Overloaded):
+            response.headers["retry-after"] = "1"
         return response
 
     @app.exception_handler(ClientDisconnect)
@@ -277,7 +305,8 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
             if chosen is None:
                 raise unsupported(media)
             # the body's arrival is the network's time, not the server's: laps start here
-            content, laps = await chosen[0].run_async(body)
+            with admission:
+                content, laps = await chosen[0].run_async(body)
             return Response(content, media_type=chosen[1], headers={"server-timing": laps.header()})
 
         content = {m: {"schema": schemas.schema(REQUEST_SCHEMAS[family])} for m in medias}

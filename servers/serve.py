@@ -141,6 +141,8 @@ def worker_argv(options: ServeOptions, port: int) -> list[str]:
         str(s.max_body_bytes),
         "--body-idle-timeout",
         str(s.body_idle_s),
+        "--max-in-flight",
+        str(s.max_in_flight),
         "--max-image-pixels",
         str(s.max_image_pixels),
         "--grpc-mode",

@@ -15,6 +15,7 @@ from wiremark.payloads.contract import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_IN_FLIGHT,
     Limits,
 )
 from wiremark.payloads.errors import NotReady, UnknownModel
@@ -32,6 +33,7 @@ class ServiceConfig:
     max_batch: int = DEFAULT_MAX_BATCH
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     body_idle_s: float = DEFAULT_BODY_IDLE_S  # HTTP: seconds without body bytes -> 408
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # predictions at once; more are refused
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # checked from the header, before decoding
     # an artificial, documented slowdown for proving the gate (`pipeline.Slowdown`): a wait
     # per request, and CPU burnt per request

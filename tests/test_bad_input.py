@@ -439,3 +439,60 @@ def test_a_client_that_goes_away_is_not_an_internal_error(patient_server):
     log = patient_server.log_text()
     assert "went away" in log and "Traceback" not in log and "internal error" not in log
     assert patient_server.healthy()
+
+
+# --- admission control -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["json", "grpc"])
+def test_past_max_in_flight_a_request_is_refused_not_queued(transport):
+    """--max-in-flight 1 and a 4 s injected delay: of two overlapping predictions one is
+    served and the other refused at once (HTTP 503 with Retry-After, gRPC
+    RESOURCE_EXHAUSTED), whichever arrives second; then the server serves again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wiremark.harness.clients import connect
+    from wiremark.payloads.errors import TooLarge, WiremarkError
+
+    args = ("--models", "iris", "--max-in-flight", "1", "--inject-delay-ms", "4000")
+    rows = samples.iris_rows(1)[0]
+    with ServerProcess(transport, args) as server:
+
+        def predict(pause: float) -> str:
+            time.sleep(pause)
+            with connect(transport, server.address, timeout=60) as client:
+                try:
+                    client.predict("iris", rows)
+                except WiremarkError as exc:
+                    return f"{type(exc).__name__}: {exc}"
+            return "ok"
+
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = sorted(pool.map(predict, (0.0, 1.0)))
+        assert outcomes[1] == "ok", outcomes
+        refused = outcomes[0]
+        if transport == "json":  # 503 reads back as NotReady on the client side
+            assert "--max-in-flight 1" in refused, outcomes
+        else:
+            assert refused.startswith(TooLarge.__name__), outcomes  # RESOURCE_EXHAUSTED
+        with connect(transport, server.address, timeout=60) as client:
+            assert len(client.predict("iris", rows).prediction.class_ids) == 1  # type: ignore[union-attr]
+
+
+def test_an_overloaded_http_server_says_when_to_retry():
+    """Two overlapping requests at --max-in-flight 1: one 200, the other 503 at once with
+    Retry-After and a JSON body naming the limit (whichever arrived second)."""
+    args = ("--models", "iris", "--max-in-flight", "1", "--inject-delay-ms", "4000")
+    body = json.dumps({"instances": samples.iris_rows(1)[0].tolist()}).encode()
+    with ServerProcess("json", args) as server:
+        first = raw_request(server.address, len(body), body)
+        time.sleep(1.0)
+        second = raw_request(server.address, len(body), body)
+        with first, second:
+            replies = [sock.recv(65536) for sock in (second, first)]
+    heads = sorted(r.partition(b"\r\n\r\n")[0] for r in replies)
+    assert heads[0].startswith(b"HTTP/1.1 200") and heads[1].startswith(b"HTTP/1.1 503"), heads
+    assert b"retry-after: 1" in heads[1].lower()
+    refused = next(r for r in replies if r.startswith(b"HTTP/1.1 503"))
+    error = json.loads(refused.partition(b"\r\n\r\n")[2])
+    assert error["field"] == "server" and "--max-in-flight 1" in error["error"]

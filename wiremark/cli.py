@@ -38,6 +38,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         DEFAULT_MAX_BATCH,
         DEFAULT_MAX_BODY_BYTES,
         DEFAULT_MAX_IMAGE_PIXELS,
+        DEFAULT_MAX_IN_FLIGHT,
     )
     from wiremark.servers.runner import models
 
@@ -76,6 +77,14 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         metavar="S",
         help="HTTP: answer 408 when a request body stops arriving for S seconds "
         "(an idle limit: a slow, steady client is never cut off; default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=usage.positive,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        metavar="N",
+        help="predictions in progress at once per process; more are refused at once "
+        "(HTTP 503 with Retry-After, gRPC RESOURCE_EXHAUSTED), not queued (default: %(default)s)",
     )
     p.add_argument(
         "--max-image-pixels",
@@ -143,6 +152,7 @@ def run_serve(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             max_body_bytes=args.max_body_bytes,
             body_idle_s=args.body_idle_timeout,
+            max_in_flight=args.max_in_flight,
             max_image_pixels=args.max_image_pixels,
             inject_delay_ms=args.inject_delay_ms,
             inject_cpu_us=args.inject_cpu_us,
