@@ -395,6 +395,25 @@ def raw_request(address: str, declared: int, body: bytes) -> socket.socket:
     return sock
 
 
+def read_reply(sock: socket.socket) -> bytes:
+    """One HTTP reply: its head, then as many body bytes as its Content-Length says."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+         if line.lower().startswith(b"content-length:")),
+        0,
+    )  # fmt: skip
+    while len(body) < length and (chunk := sock.recv(65536)):
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def read_all(sock: socket.socket) -> bytes:
     """Everything until the server closes the connection (the socket's timeout bounds it)."""
     out = b""
@@ -426,7 +445,7 @@ def test_a_slow_steady_body_is_not_cut_off(patient_server):
         for piece in pieces:
             time.sleep(0.1)
             sock.sendall(piece)
-        reply = sock.recv(65536)
+        reply = read_reply(sock)
     assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
 
 
@@ -489,7 +508,7 @@ def test_an_overloaded_http_server_says_when_to_retry():
         time.sleep(1.0)
         second = raw_request(server.address, len(body), body)
         with first, second:
-            replies = [sock.recv(65536) for sock in (second, first)]
+            replies = [read_reply(sock) for sock in (second, first)]
     heads = sorted(r.partition(b"\r\n\r\n")[0] for r in replies)
     assert heads[0].startswith(b"HTTP/1.1 200") and heads[1].startswith(b"HTTP/1.1 503"), heads
     assert b"retry-after: 1" in heads[1].lower()
