@@ -323,8 +323,9 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
                     (400, "invalid body, or a value is wrong: shape, type, NaN, bad image"),
                     (404, "no such model, version, label or signature"),
                     (415, "unsupported Content-Type"),
+                    (408, "the body stopped arriving (--body-idle-timeout)"),
                     (429, "batch or body above the limit (TF Serving's RESOURCE_EXHAUSTED)"),
-                    (503, "models still loading"),
+                    (503, "models still loading, or --max-in-flight reached (Retry-After)"),
                 ),
             },
         }
