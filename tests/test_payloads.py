@@ -170,5 +170,5 @@ def test_columnar_named_inputs_of_different_sizes():
 def test_bad_msgpack_says_what_is_wrong(body: bytes, says: str) -> None:
     with pytest.raises(errors.MalformedBody) as err:
         rest.parse_body(body, "application/msgpack")
-    assert str(err.value).startswith("invalid MessagePack: ") and says in str(err.value)
+    assert err.value.message.startswith("invalid MessagePack: ") and says in err.value.message
     assert err.value.field == "body"
