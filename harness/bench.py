@@ -105,19 +105,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, help="results folder (default: wiremark-results/RUN_ID)")
     p.add_argument(
-        "--repeat", type=int, help="trials of the whole matrix (the gate wants >= 3; default 1)"
+        "--repeat",
+        type=int,
+        help="trials of the whole matrix, or blocks of an A/B run (the gate judges >= 3 "
+        "trials a side or >= 5 blocks; default 1, an A/B run 6)",
     )
     add_target_option(p, "measure a running server (repeatable) instead of starting them")
     p.add_argument(
         "--inject-delay-ms",
         type=non_negative,
         default=0.0,
+        metavar="MS",
         help="start the servers with this artificial delay (to prove the gate catches it)",
     )
     p.add_argument(
         "--inject-cpu-us",
         type=non_negative,
         default=0.0,
+        metavar="US",
         help="start the servers burning this much CPU per request (a slower codec, for the gate)",
     )
     ab = p.add_argument_group(
