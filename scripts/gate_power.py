@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -152,7 +153,9 @@ def evaluate(out: Path) -> dict[str, Any]:
     for path in sorted(out.glob("*-[0-9][0-9]")):
         kind = path.name.rsplit("-", 1)[0]
         if kind in runs and (path / records.RESULTS_JSON).exists():
-            runs[kind].append(records.load(path))
+            run = records.load(path)
+            if run.meta.get("finished"):  # a run still going (or cut) is left out
+                runs[kind].append(run)
     measured = json.loads((out / "measured.json").read_text())
     summary: dict[str, Any] = {"calibration": measured["calibration"], "rules": {}}
     for name, rules in RULE_SETS.items():
@@ -178,6 +181,29 @@ def evaluate(out: Path) -> dict[str, Any]:
                 changes[c.rule.name].append(c.change_pct)
         effects[kind] = {k: statistics.median(v) for k, v in changes.items() if v}
     summary["effects_pct"] = effects
+    # the noise the paired test works against: the spread of the arms' per-block log-ratio
+    spreads: dict[str, float] = {}
+    for column in ("p50_ms", "rps", "server_cpu_ms"):
+        per_run = []
+        for r in runs["aa"]:
+            verdict = gate.evaluate_ab(
+                r, (f"{column.removesuffix('_ms')}:+5%" if column != "rps" else "rps:-5%",)
+            )
+            per_run += [
+                statistics.stdev(
+                    math.log(c) - math.log(b) for b, c in zip(x.baseline, x.current, strict=True)
+                )
+                for x in verdict.comparisons
+                if len(x.current) > 1
+            ]
+        if per_run:
+            spreads[column] = statistics.median(per_run)
+    summary["block_spread"] = spreads
+    # blocks for a 10% change at alpha 0.05 (one-sided) with 95% power: ((z + z) s / ln 1.1)^2
+    z = statistics.NormalDist().inv_cdf(0.95)
+    summary["blocks_for_10pct"] = {
+        k: math.ceil(((2 * z) * v / math.log(1.1)) ** 2) for k, v in spreads.items()
+    }
     walls = measured["comparison_wall_s"]
     summary["comparison_wall_s"] = statistics.median(walls) if walls else None
     summary["blocks"] = measured["blocks"]
@@ -199,6 +225,10 @@ def report(summary: dict[str, Any]) -> str:
             for kind, eff in summary["effects_pct"].items()
         ),
         f"one A/B comparison took {summary['comparison_wall_s']:.0f} s (median)",
+        "A/A spread of the arms' per-block log-ratio (median over runs): "
+        + ", ".join(f"{k} {100 * v:.1f}%" for k, v in summary["block_spread"].items())
+        + "; blocks needed to catch a 10% change 95% of the time at alpha 0.05: "
+        + ", ".join(f"{k} {v}" for k, v in summary["blocks_for_10pct"].items()),
         "",
         f"{'rules':<36} {'mode':<9} {'false alarms (A/A)':<20} {'caught: CPU +10%':<18} "
         "caught: delay",

@@ -332,6 +332,9 @@ def test_shipped_scenarios():
     assert {c.encoding for c in full.cells() if c.model == "mnist"} == {"raw", "list"}
     assert {c.encoding for c in full.cells() if c.model != "mnist"} == {"raw"}
     assert {c.client for c in full.cells()} == {c.client for c in cells} == {"lean"}
+    gate = scenarios.load("gate")  # CI's A/B gate: closed loop only, enough blocks to judge
+    assert {c.mode for c in gate.cells()} == {"closed"} and gate.repeat >= 6
+    assert {c.transport for c in gate.cells()} <= set(TRANSPORTS)
     # a file takes the defaults for what it leaves out
     partial = scenarios.parse({"scenario": {"models": ["mnist"]}})
     assert partial.transports == list(TRANSPORTS) and partial.duration_s == 5.0
