@@ -116,9 +116,9 @@ def test_comparison_report(rendered: dict[str, Path]) -> None:
     # The second run is 30% slower everywhere: the comparison says so, cell by cell.
     change = re.search(r"median change p50 \+(\d+\.\d)%, throughput -(\d+\.\d)%", html)
     assert change and 20 < float(change[1]) < 40 and 15 < float(change[2]) < 30
-    # Red where `wiremark gate` finds a regression: p99 and rps (its default rules) in every
-    # cell; p50 has no default rule, so its changes stay uncoloured.
-    assert "27 cells worse as the gate judges them (p99:+10%, rps:-5%" in html
+    # Red where `wiremark gate` finds a regression: p50 and rps (its default rules) in every
+    # cell; p99 has no default rule, so its changes stay uncoloured.
+    assert "27 cells worse as the gate judges them (p50:+5%, rps:-5%" in html
     assert html.count('class="num worse"') == 27 * 2
     assert "Against the baseline before, same cell: gRPC -" in html
     assert html.count("<svg") == len(PLOTS)
@@ -179,7 +179,7 @@ def comparison_rows(html: str) -> dict[tuple[str, ...], list[tuple[str, str, str
 
 def test_comparison_colours_follow_the_gate(tmp_path: Path) -> None:
     """A change is red exactly where `wiremark gate` (default rules and alpha) finds a
-    regression: p99 +30% over 5 trials a side is one; the same rise over 1 trial a side
+    regression: p50 +30% over 5 trials a side is one; the same rise over 1 trial a side
     cannot be judged, so it stays neutral ("not judged") and the gate passes it."""
     base = synthetic.run_doc(run_id="base", trials=5, seed=3)
     base["cells"] = [
@@ -194,7 +194,7 @@ def test_comparison_colours_follow_the_gate(tmp_path: Path) -> None:
     raised = 0
     for c in cur["cells"]:
         if c["concurrency"] == 8 and c["transport"] in ("grpc", "msgpack"):
-            c["p99_ms"] *= 1.3
+            c["p50_ms"] *= 1.3
             raised += 1
     assert raised == 5 + 1
     paths = [synthetic.write_doc(tmp_path / name, doc) for name, doc in (("b", base), ("c", cur))]
@@ -203,11 +203,11 @@ def test_comparison_colours_follow_the_gate(tmp_path: Path) -> None:
     rows = comparison_rows(html)
     # after the keys: p50 A, p50 B, Δ, p99 A, p99 B, Δ, rps A, rps B, Δ
     significant = rows["iris", "gRPC", "8 users", "batch 1"]
-    assert significant[5][:2] == ("num worse", "+30.0%")
+    assert significant[2][:2] == ("num worse", "+30.0%")
     too_few = rows["iris", "MessagePack", "8 users", "batch 1"]
-    assert too_few[5] == ("num judged-not", "+30.0%", "not judged")
+    assert too_few[2] == ("num judged-not", "+30.0%", "not judged")
     assert too_few[8][0] == "num judged-not"  # rps: 1 trial too
-    assert too_few[2][0] == significant[2][0] == "num"  # p50: no default rule, not coloured
+    assert too_few[5][0] == significant[5][0] == "num"  # p99: no default rule, not coloured
     assert html.count('class="num worse"') == 1 and 'class="num better"' not in html
     assert "1 cells worse as the gate judges them" in html and "1 not judged" in html
 
@@ -217,10 +217,10 @@ def test_comparison_colours_follow_the_gate(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     verdict = json.loads(out.read_text())
     assert [(r["cell"], r["rule"]) for r in verdict["regressions"]] == [
-        ("iris/grpc closed c=8 batch=1 raw", "p99:+10%")
+        ("iris/grpc closed c=8 batch=1 raw", "p50:+5%")
     ]
     assert {(r["cell"], r["rule"]) for r in verdict["insufficient"]} == {
-        ("iris/msgpack closed c=8 batch=1 raw", "p99:+10%"),
+        ("iris/msgpack closed c=8 batch=1 raw", "p50:+5%"),
         ("iris/msgpack closed c=8 batch=1 raw", "rps:-5%"),
     }
 
@@ -523,7 +523,10 @@ def test_cli_writes_the_report(rendered: dict[str, Path], tmp_path: Path) -> Non
     ("content", "message"),
     [
         (None, "no such result file"),
-        ('{"schema_version": 99, "cells": []}', "schema_version 99; this wiremark reads 1, 2 and"),
+        (
+            '{"schema_version": 99, "cells": []}',
+            "schema_version 99; this wiremark reads 1, 2, 3 and 4",
+        ),
         ("not json", "not a wiremark result file"),
     ],
 )
