@@ -100,7 +100,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--scenario",
         default="quick",
-        help="quick (default, every model x transport, ~5 min), full (the sweeps), gate (a "
+        help="quick (default, every model x transport, ~10 min), full (the sweeps), gate (a "
         "small matrix for CI's A/B gate), or a TOML file",
     )
     p.add_argument("--out", type=Path, help="results folder (default: wiremark-results/RUN_ID)")
