@@ -105,6 +105,17 @@ def test_conformance_and_environment_are_recorded(tiny_run):
     assert len(csv) == 1 + len(run.cells)
 
 
+def wait_for_a_cell(proc: subprocess.Popen[str], out: Path, timeout: float = 240) -> None:
+    """Until the running bench has written its first cell (it must not end before)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        path = out / records.RESULTS_JSON
+        if path.exists() and json.loads(path.read_text())["cells"]:
+            return
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.2)
+
+
 def test_an_interrupted_run_keeps_the_finished_cells_and_reports_them(tmp_path):
     # six cells: on a loaded machine this loop may see the first cell late, and the
     # interrupt must still land in a run that has cells to go
@@ -124,13 +135,7 @@ def test_an_interrupted_run_keeps_the_finished_cells_and_reports_them(tmp_path):
     )
     children: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            path = out / records.RESULTS_JSON
-            if path.exists() and json.loads(path.read_text())["cells"]:
-                break
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            time.sleep(0.2)
+        wait_for_a_cell(proc, out)
         children = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
@@ -164,13 +169,7 @@ def test_a_server_killed_mid_run_is_reported_restarted_and_fails_the_run(tmp_pat
         text=True,
     )
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            path = out / records.RESULTS_JSON
-            if path.exists() and json.loads(path.read_text())["cells"]:
-                break
-            assert proc.poll() is None, proc.communicate()[1][-2000:]
-            time.sleep(0.2)
+        wait_for_a_cell(proc, out)
         (server,) = [
             c
             for c in psutil.Process(proc.pid).children(recursive=True)
