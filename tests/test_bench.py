@@ -114,6 +114,7 @@ def wait_for_a_cell(proc: subprocess.Popen[str], out: Path, timeout: float = 240
             return
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.2)
+    raise AssertionError(f"bench wrote no cell within {timeout:.0f} s")
 
 
 def test_an_interrupted_run_keeps_the_finished_cells_and_reports_them(tmp_path):
