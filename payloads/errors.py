@@ -142,7 +142,7 @@ def grpc_status(error: WiremarkError) -> grpc.StatusCode:
 _FROM_HTTP = {
     400: InvalidInput,
     404: UnknownModel,
-    408: DeadlineExceeded,  # the server gave up waiting for the body
+    408: SlowBody,  # the server gave up waiting for the body
     413: TooLarge,  # a proxy's answer to a large body
     415: UnsupportedMediaType,
     422: InvalidInput,
