@@ -805,8 +805,8 @@ def evaluate_ab(
     missing = [name for name, cells in arms.items() if not cells]
     if missing:
         raise GateError(f"{run.path}: an A/B run without cells of its {missing[0]} arm")
-    base = _group(records.Run(run.path, run.meta, arms[records.BASELINE]))
-    cur = _group(records.Run(run.path, run.meta, arms[records.CURRENT]))
+    current = run.arm(records.CURRENT)  # its cells and its conformance entries
+    base, cur = _group(run.arm(records.BASELINE)), _group(current)
     only_b = [k for k in base if k not in cur]
     only_c = [k for k in cur if k not in base]
     if only_b or only_c:
@@ -826,11 +826,6 @@ def evaluate_ab(
         run.path,
         run.path,
     )
-    current = records.Run(run.path, run.meta, arms[records.CURRENT])
-    current.meta = dict(run.meta)
-    current.meta["conformance"] = [
-        c for c in run.conformance if isinstance(c, dict) and c.get("arm") == records.CURRENT
-    ]
     for entry in run.conformance:
         failed = isinstance(entry, dict) and entry.get("passed") is False
         if failed and entry.get("arm") == records.BASELINE:
