@@ -1,5 +1,6 @@
 """Regenerate the protobuf and gRPC stubs in payloads/: wiremark's own
-(payloads/wiremark.proto) and TF Serving's vendored API (payloads/tensorflow_serving/).
+(payloads/wiremark.proto), TF Serving's vendored API (payloads/tensorflow_serving/) and the
+Open Inference Protocol's (payloads/open_inference/).
 
     python scripts/gen_protos.py          # write the stubs
     python scripts/gen_protos.py --check  # exit 1 if the committed stubs are stale
@@ -9,7 +10,9 @@ import model_pb2`); they are rewritten to this package so the stubs work inside
 `wiremark.payloads`. TF Serving's files import TensorFlow's `.proto` files, which
 tensorflow-cpu ships only compiled: protoc reads them as a descriptor set built from those
 compiled files, and the stubs load them through `payloads/tensorflow_protos.py` rather than
-importing TensorFlow.
+importing TensorFlow. The Open Inference Protocol's messages are built into a descriptor pool
+of their own (see payloads/open_inference/README.md), so tritonclient's `inference` package
+can be imported beside them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
 PACKAGE = "wiremark.payloads"
 TFS = "tensorflow_serving"
+OIP = "open_inference/open_inference_grpc.proto"
 # (proto, does it define services)
 PROTOS = (
     [("wiremark.proto", True)]
@@ -52,6 +56,12 @@ PROTOS = (
             "model_server_config",
         )
     ]
+    + [(OIP, False)]
+)
+PRIVATE_POOL = (
+    "# wiremark: a pool of its own, so tritonclient's `inference` package can load beside it\n"
+    "POOL = _descriptor_pool.DescriptorPool()\n"
+    "DESCRIPTOR = POOL.AddSerializedFile("
 )
 
 
@@ -119,7 +129,12 @@ def generate(out: Path) -> None:
         for name in stubs(proto, services):
             path = out / name
             if name.endswith(".py"):
-                path.write_text(rewrite(path.read_text()))
+                text = rewrite(path.read_text())
+                if proto == OIP:
+                    text = text.replace(
+                        "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(", PRIVATE_POOL
+                    )
+                path.write_text(text)
 
 
 def main() -> int:
