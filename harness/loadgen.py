@@ -145,7 +145,11 @@ class Target:
     def verify(self, expected_class: int) -> None:
         """One request through a real client (a gRPC error still answers HTTP 200 to h2load)."""
         try:
-            reply = self.driver.send(self.server.address, self.path, self.body, self.media, 10)
+            codec = transports.get(self.transport).codec
+            extra = transports.request_headers(codec, self.body)
+            reply = self.driver.send(
+                self.server.address, self.path, self.body, self.media, 10, extra
+            )
             if self.echo and reply != self.body:
                 raise LoadError(f"echoed {reply[:40]!r}, not the {len(self.body)}-byte body")
             if not self.echo:
@@ -167,7 +171,9 @@ def target(
     body = bodies.encode(transport, model, iris_rows(1)[0], family=Family.TABULAR)
     drv = driver_of(transport)
     path = drv.echo_path if echo else transports.get(transport).codec.route(Family.TABULAR, model)
-    file = drv.tool_file(body, transports.get(transport).media_type, tmp, transport)
+    descriptor = transports.get(transport)
+    extra = transports.request_headers(descriptor.codec, body)
+    file = drv.tool_file(body, descriptor.media_type, tmp, transport, extra)
     return Target(server, transport, path, body, echo, file)
 
 

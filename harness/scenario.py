@@ -10,7 +10,9 @@
     arrival = "constant"                # or "poisson"
     connections = 32                    # open loop: the most requests in flight
     batch = [1]                         # instances per request
-    encodings = ["raw"]                 # MNIST pixels: "raw" bytes and/or "list" of ints
+    encodings = ["raw"]                 # MNIST pixels: "raw" bytes and/or "list" of ints;
+                                        # on OIP transports, every model's tensors: binary
+                                        # (raw) or JSON / typed contents (list)
     compression = ["none"]              # and/or "gzip"
     client = ["lean"]                   # the load users' client: "lean" (this project's
                                         # lean clients: the cell measures the server)
@@ -79,8 +81,10 @@ class CellSpec:
         else:
             load = f"{self.rate:g}/s"
         extra = [f"batch {self.batch}"] if self.batch != 1 else []
-        if MODEL_FAMILIES.get(self.model) is Family.DIGITS:  # only digits have pixel encodings
+        if MODEL_FAMILIES.get(self.model) is Family.DIGITS:
             extra.append(f"{self.encoding} pixels")
+        elif has_tensor_encodings(self.transport):
+            extra.append(f"{self.encoding} tensors")
         if self.compression != "none":
             extra.append(self.compression)
         if self.client != LEAN:
@@ -158,18 +162,33 @@ class Scenario:
         transports (and client libraries) interleaved at every level so drift does not favour
         one of them."""
         for model in self.models:
-            encodings = self.encodings if MODEL_FAMILIES[model] is Family.DIGITS else ["raw"]
+            digits = MODEL_FAMILIES[model] is Family.DIGITS
             for batch, encoding, compression in itertools.product(
-                self.batch, encodings, self.compression
+                self.batch, self.encodings, self.compression
             ):
                 workload = (batch, encoding, compression)
+                # an encoding other than raw means something only for MNIST's pixels and on
+                # transports with tensor encodings (the Open Inference Protocol's JSON tensors)
+                chosen = [
+                    t
+                    for t in self.transports
+                    if digits or encoding == "raw" or has_tensor_encodings(t)
+                ]
                 for users in self.concurrency:
-                    for client, t in itertools.product(self.client, self.transports):
+                    for client, t in itertools.product(self.client, chosen):
                         yield CellSpec(model, t, "closed", users, None, None, *workload, client)
                 for rate in self.rate:
-                    for client, t in itertools.product(self.client, self.transports):
+                    for client, t in itertools.product(self.client, chosen):
                         load = (self.connections, rate, self.arrival)
                         yield CellSpec(model, t, "open", *load, *workload, client)
+
+
+def has_tensor_encodings(transport: str) -> bool:
+    """Whether `encodings` choose the tensor form of every model on this transport."""
+    try:
+        return transports.get(transport).tensor_encodings
+    except transports.UnknownTransport:
+        return False
 
 
 def share(value: object) -> float | None:

@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import grpc_codec, rest, tfs_codec
+from . import grpc_codec, oip, rest, tfs_codec
 from .contract import (
     GRPC_METADATA_METHOD,
     GRPC_METHODS,
@@ -195,6 +195,90 @@ class RestCodec:
 
 
 @dataclass(frozen=True)
+class OipRestCodec:
+    """The Open Inference Protocol's REST bodies (`payloads/oip.py`): JSON tensors, or the
+    binary tensor data extension (`raw` encoding), whose JSON header length travels in the
+    Inference-Header-Content-Length header (`request_headers`)."""
+
+    media_type: str = JSON
+    reply_media_types: tuple[str, ...] = (JSON, oip.OCTET)  # binary outputs: octet-stream
+
+    def encode_request(
+        self, family: Family, model: str, batch: Batch, encoding: PixelEncoding
+    ) -> bytes:
+        return oip.encode_rest_request(family, batch, encoding)[0]
+
+    def request_headers(self, body: bytes) -> dict[str, str]:
+        length = oip.header_length_of(body)
+        return {} if length is None else {"Inference-Header-Content-Length": str(length)}
+
+    def decode_reply(self, family: Family, body: bytes) -> Prediction:
+        return oip.decode_rest_reply(family, body)
+
+    def decode_request(self, family: Family, body: Any, limits: Limits) -> tuple[Batch, Any]:
+        """`body`: the request's bytes, or (bytes, its Inference-Header-Content-Length)."""
+        data, length = body if isinstance(body, tuple) else (body, None)
+        header, binary = oip.split_rest(data, length)
+        return oip.decode_rest_request(family, "", header, binary, limits, length is not None)
+
+    def encode_reply(self, prediction: Prediction, form: Any = None) -> bytes:
+        return oip.encode_rest_reply(prediction, form or oip.Form(""))
+
+    def route(self, family: Family, model: str) -> str:
+        return oip.infer_path(model)
+
+    def metadata_call(self, model: str) -> tuple[str, bytes]:
+        return oip.metadata_path(model), b""
+
+    def decode_metadata(self, body: bytes) -> dict[str, Any]:
+        return dict(rest.parse_body(body, JSON))
+
+
+@dataclass(frozen=True)
+class OipGrpcCodec:
+    """The Open Inference Protocol's gRPC messages (`inference.GRPCInferenceService`,
+    vendored): ModelInferRequest with raw_input_contents (`raw`) or typed contents."""
+
+    media_type: str = "application/grpc"
+
+    def encode_request(
+        self, family: Family, model: str, batch: Batch, encoding: PixelEncoding
+    ) -> bytes:
+        return bytes(oip.encode_grpc_request(family, model, batch, encoding).SerializeToString())
+
+    def decode_reply(self, family: Family, body: bytes) -> Prediction:
+        return oip.decode_grpc_reply(family, body)
+
+    def decode_request(self, family: Family, body: Any, limits: Limits) -> tuple[Batch, Any]:
+        return oip.decode_grpc_request(family, body, limits)
+
+    def encode_reply(self, prediction: Prediction, form: Any = None) -> bytes:
+        return oip.encode_grpc_reply(prediction, form or oip.Form(""))
+
+    def route(self, family: Family, model: str) -> str:
+        return oip.INFER_PATH
+
+    def metadata_call(self, model: str) -> tuple[str, bytes]:
+        request = oip.messages().ModelMetadataRequest(name=model)
+        return oip.METADATA_PATH, bytes(request.SerializeToString())
+
+    def decode_metadata(self, body: bytes) -> dict[str, Any]:
+        return oip.decode_grpc_metadata(body)
+
+
+def request_headers(codec: BodyCodec, body: bytes) -> dict[str, str]:
+    """The headers a request body needs beside Content-Type (the Open Inference Protocol's
+    Inference-Header-Content-Length); none for a codec that has no `request_headers`."""
+    extra = getattr(codec, "request_headers", None)
+    return extra(body) if extra is not None else {}
+
+
+def reply_media_types(codec: BodyCodec) -> tuple[str, ...]:
+    """The media types a codec's replies may come in: its own, unless it says otherwise."""
+    return tuple(getattr(codec, "reply_media_types", (codec.media_type,)))
+
+
+@dataclass(frozen=True)
 class Transport:
     name: str  # as scenarios, --transport and result files spell it
     label: str  # as the report writes it
@@ -203,6 +287,9 @@ class Transport:
     codec: BodyCodec
     server: str  # the server kind that serves it (`servers.serve.SERVER_KINDS`)
     api: str = "wiremark"  # whose API the bodies follow
+    # the scenarios' `encodings` (raw, list) choose binary or JSON/typed tensors for every
+    # model on this transport, not only MNIST's pixels
+    tensor_encodings: bool = False
 
     @property
     def media_type(self) -> str:
@@ -243,6 +330,15 @@ register(
     Transport(
         "tfs-grpc", "TF Serving gRPC", "TFS gRPC", WIRE_GRPC, TensorProtoCodec(), "grpcio", TFS
     )
+)
+# The Open Inference Protocol (KServe v2: Triton, MLServer, KServe), on the same two server
+# kinds; the scenarios' `encodings` choose binary (raw) or JSON/typed (list) tensors
+OIP = "open-inference"
+register(
+    Transport("oip-rest", "OIP REST", "OIP REST", WIRE_HTTP1, OipRestCodec(), "fastapi", OIP, True)
+)
+register(
+    Transport("oip-grpc", "OIP gRPC", "OIP gRPC", WIRE_GRPC, OipGrpcCodec(), "grpcio", OIP, True)
 )
 
 

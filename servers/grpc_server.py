@@ -1,7 +1,9 @@
 """The "grpcio" server kind: grpcio's thread-pool server (default) or its asyncio server,
 serving the gRPC services of every API whose transports name this kind: wiremark's own
-`wiremark.v1.Inference` (`grpc`, here) and TF Serving's PredictionService and ModelService
-(`tfs-grpc`, `servers/tfs_grpc.py`). A plugin adds an API with `register_grpc_api`.
+`wiremark.v1.Inference` (`grpc`, here), TF Serving's PredictionService and ModelService
+(`tfs-grpc`, `servers/tfs_grpc.py`) and the Open Inference Protocol's
+`inference.GRPCInferenceService` (`oip-grpc`, `servers/oip_grpc.py`). A plugin adds an
+API with `register_grpc_api`.
 
 Methods are registered with pass-through (bytes) serializers, so protobuf parsing and
 serialization happen inside the handler and are timed as `decode` and `encode`; the timings
@@ -268,6 +270,7 @@ def generic_handlers(built: Services, mode: str) -> list[grpc.GenericRpcHandler]
 
 register_grpc_api(GrpcApi("wiremark", "wiremark.servers.grpc_server"))
 register_grpc_api(GrpcApi("tf-serving", "wiremark.servers.tfs_grpc"))
+register_grpc_api(GrpcApi("open-inference", "wiremark.servers.oip_grpc"))
 
 
 def served_services(service: ModelService, slowdown: Slowdown) -> Services:

@@ -12,16 +12,21 @@ in the row (`instances` -> `predictions`) or columnar (`inputs` -> `outputs`) fo
 `wiremark.payloads.transport`, not by pydantic on the request path; the pydantic schemas only
 document each model's request and response. Every prediction carries a `Server-Timing`
 header: decode, infer, encode.
+
+Other APIs add their routes to the same app: the Open Inference Protocol's `/v2` routes
+(`oip-rest`, `servers/oip_rest.py`); a plugin adds one with `register_http_api`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import re
 import zlib
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -47,7 +52,7 @@ from wiremark.payloads.errors import (
     http_status,
 )
 
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Slowdown
 from .runner import Runner
 from .service import ModelService
 
@@ -72,10 +77,13 @@ SERVER_KIND = "fastapi"
 
 
 def media_codecs() -> dict[str, transports.BodyCodec]:
-    """Media type -> codec, for every transport this server kind serves (MessagePack's
-    unregistered aliases too): an HTTP server speaks them all and answers in the request's."""
+    """Media type -> codec, for every transport this server kind serves on TF Serving's REST
+    routes (MessagePack's unregistered aliases too): an HTTP server speaks them all and
+    answers in the request's. Transports of an API with routes of its own are not here."""
     codecs: dict[str, transports.BodyCodec] = {}
     for t in transports.served_by(SERVER_KIND):
+        if t.api in HTTP_APIS:
+            continue
         codecs[t.media_type] = t.codec
         if t.media_type in MSGPACK_ALIASES:
             codecs.update(dict.fromkeys(MSGPACK_ALIASES, t.codec))
@@ -85,10 +93,33 @@ def media_codecs() -> dict[str, transports.BodyCodec]:
 
 
 def unsupported(media: str) -> UnsupportedMediaType:
-    medias = dict.fromkeys(t.media_type for t in transports.served_by(SERVER_KIND))
+    medias = dict.fromkeys(c.media_type for c in media_codecs().values())
     return UnsupportedMediaType(
         f"unsupported Content-Type {media!r}: use {' or '.join(medias)}", field="content-type"
     )
+
+
+@dataclass(frozen=True)
+class HttpApi:
+    """The routes of one API (a transport's `api`) beside TF Serving's REST shape:
+    `module.add_routes(app, service, routing)`. Imported on first use."""
+
+    name: str
+    module: str
+
+    def add_routes(self, app: FastAPI, service: ModelService, routing: Routing) -> None:
+        importlib.import_module(self.module).add_routes(app, service, routing)
+
+
+HTTP_APIS: dict[str, HttpApi] = {}
+
+
+def register_http_api(api: HttpApi) -> HttpApi:
+    HTTP_APIS[api.name] = api
+    return api
+
+
+register_http_api(HttpApi("open-inference", "wiremark.servers.oip_rest"))
 
 
 def error_response(exc: WiremarkError) -> Response:
@@ -117,6 +148,16 @@ class Admission:
 
     def __exit__(self, *exc: object) -> None:
         self.busy -= 1
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What every route of the app shares: the body reader (size limit, idle timeout,
+    Content-Encoding), the admission limit and the injected slowdown."""
+
+    read_body: Callable[[Request], Awaitable[bytes]]
+    admission: Admission
+    slowdown: Slowdown
 
 
 def body_headers(scope: MutableMapping[str, Any]) -> tuple[str, int | None, str]:
@@ -159,26 +200,34 @@ async def read_body(
             f"the body stopped arriving: no bytes for {idle_s:g} s after {size}{of}", "body"
         ) from None
     body = b"".join(chunks)
-    if encoding == "gzip":
-        return gunzip(body, limit)
-    if encoding != "identity":
+    if encoding == "identity":
+        return body
+    if encoding not in INFLATE_WBITS:
         raise UnsupportedMediaType(
-            f"Content-Encoding {encoding!r}: send gzip or identity", "content-encoding"
+            f"Content-Encoding {encoding!r}: send gzip, deflate or identity", "content-encoding"
         )
-    return body
+    return inflate(body, limit, encoding)
 
 
-def gunzip(body: bytes, limit: int) -> bytes:
-    """A gzip request body, inflated no further than `limit` bytes (no zip bombs)."""
-    inflate = zlib.decompressobj(wbits=31)
+# zlib's window bits per Content-Encoding: gzip's header, and HTTP's "deflate", which is the
+# zlib format (RFC 9110 8.4.1.2; what tritonclient and browsers send)
+INFLATE_WBITS = {"gzip": 31, "deflate": 15}
+
+
+def inflate(body: bytes, limit: int, encoding: str = "gzip") -> bytes:
+    """A gzip or deflate request body, inflated no further than `limit` bytes (no zip
+    bombs)."""
+    stream = zlib.decompressobj(wbits=INFLATE_WBITS[encoding])
     try:
-        out = inflate.decompress(body, limit + 1)
+        out = stream.decompress(body, limit + 1)
     except zlib.error as exc:
-        raise MalformedBody(f"Content-Encoding gzip, but the body is not gzip: {exc}") from None
-    if len(out) > limit or inflate.unconsumed_tail:
+        raise MalformedBody(
+            f"Content-Encoding {encoding}, but the body is not {encoding}: {exc}"
+        ) from None
+    if len(out) > limit or stream.unconsumed_tail:
         raise TooLarge(f"inflated body exceeds the limit of {limit} bytes", "body")
-    if not inflate.eof:
-        raise MalformedBody("Content-Encoding gzip, but the gzip stream is truncated")
+    if not stream.eof:
+        raise MalformedBody(f"Content-Encoding {encoding}, but the stream is truncated")
     return out
 
 
@@ -437,11 +486,24 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
             app.openapi_schema = spec
         return app.openapi_schema
 
+    async def read(request: Request) -> bytes:
+        _, declared, encoding = body_headers(request.scope)
+        return await read_body(request, limit, declared, encoding, idle_s)
+
+    routing = Routing(read, admission, slowdown)
+    for api in dict.fromkeys(t.api for t in transports.served_by(SERVER_KIND)):
+        if api in HTTP_APIS:
+            HTTP_APIS[api].add_routes(app, service, routing)
+
     app.openapi = openapi  # type: ignore[method-assign]
     # Starlette tries the routes in order on every request, and FastAPI put its docs routes
-    # first: predictions go first (the catch-all for unknown models stays last among them).
-    app.router.routes.sort(key=lambda route: not getattr(route, "path", "").endswith(":predict"))
+    # first: predictions go first (the catch-alls for unknown models stay last among them).
+    app.router.routes.sort(key=lambda route: not is_prediction(getattr(route, "path", "")))
     return app
+
+
+def is_prediction(path: str) -> bool:
+    return path.endswith((":predict", "/infer"))
 
 
 def uvicorn_config(app: Any, access_log: bool, grace_s: float) -> Any:

@@ -109,12 +109,24 @@ class Driver(ABC):
         """True when the server says SERVING; False while it loads or does not answer."""
 
     @abstractmethod
-    def send(self, address: str, path: str, body: bytes, media: str, timeout: float) -> bytes:
-        """One request with a raw body; the reply body (a RuntimeError naming the problem)."""
+    def send(
+        self,
+        address: str,
+        path: str,
+        body: bytes,
+        media: str,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
+        """One request with a raw body and the codec's extra headers (`request_headers`);
+        the reply body (a RuntimeError naming the problem)."""
 
     @abstractmethod
-    def tool_file(self, body: bytes, media: str, tmp: Path, name: str) -> Path:
-        """The C tool's input for sending `body` (a framed body, or a script)."""
+    def tool_file(
+        self, body: bytes, media: str, tmp: Path, name: str, headers: dict[str, str] | None = None
+    ) -> Path:
+        """The C tool's input for sending `body` with the codec's extra headers (a framed
+        body, or a script)."""
 
     @abstractmethod
     def tool_argv(

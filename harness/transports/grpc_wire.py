@@ -170,14 +170,24 @@ class GrpcDriver(Driver):
                 return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
-    def send(self, address: str, path: str, body: bytes, media: str, timeout: float) -> bytes:
+    def send(
+        self,
+        address: str,
+        path: str,
+        body: bytes,
+        media: str,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
         try:
             with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
                 return bytes(channel.unary_unary(path)(body, timeout=timeout))
         except grpc.RpcError as exc:
             raise RuntimeError(f"gRPC {exc.code().name}: {exc.details()}") from None
 
-    def tool_file(self, body: bytes, media: str, tmp: Path, name: str) -> Path:
+    def tool_file(
+        self, body: bytes, media: str, tmp: Path, name: str, headers: dict[str, str] | None = None
+    ) -> Path:
         file = tmp / f"{name}.bin"  # h2load's body: the message with gRPC's 5-byte prefix
         file.write_bytes(b"\x00" + len(body).to_bytes(4, "big") + body)
         return file

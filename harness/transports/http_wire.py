@@ -21,7 +21,12 @@ import httpx
 from wiremark.payloads import errors
 from wiremark.payloads.contract import HTTP_ECHO_PATH, Family
 from wiremark.payloads.timing import parse_server_timing
-from wiremark.payloads.transport import WIRE_HTTP1, Transport
+from wiremark.payloads.transport import (
+    WIRE_HTTP1,
+    Transport,
+    reply_media_types,
+    request_headers,
+)
 
 from .base import CONNECT_TIMEOUT, LEAN, LIBRARY, Client, Driver, ToolSample
 
@@ -30,6 +35,7 @@ class HttpClient(Client):
     def __init__(self, transport: Transport, address: str, timeout: float = 30.0) -> None:
         super().__init__(transport, address, timeout)
         self.media = transport.media_type
+        self.reply_media = reply_media_types(transport.codec)
         self.http = httpx.Client(
             base_url=f"http://{address}",
             timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
@@ -58,10 +64,10 @@ class HttpClient(Client):
             "POST",
             self.codec.route(family, model),
             content=body,
-            headers={"content-type": self.media},
+            headers={"content-type": self.media, **request_headers(self.codec, body)},
         )
         media = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media != self.media:
+        if media not in self.reply_media:
             raise errors.MalformedBody(
                 f"reply in {media or 'no media type'}, not {self.media}", "content-type"
             )
@@ -82,7 +88,7 @@ class HttpClient(Client):
 def _request(workload: Any, codec: Any, family: Family) -> tuple[bytes, dict[str, str]]:
     """The body and headers every call of a user sends (gzipped when asked)."""
     body = codec.encode_request(family, workload.model, workload.batch, workload.encoding)
-    headers = {"Content-Type": codec.media_type}
+    headers = {"Content-Type": codec.media_type, **request_headers(codec, body)}
     if workload.compression == "gzip":
         body = gzip.compress(body, compresslevel=6)
         headers |= {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}
@@ -154,12 +160,12 @@ def _library_user() -> type[Any]:
     return HttpxUser
 
 
-def _lua(body: bytes, content_type: str) -> str:
+def _lua(body: bytes, headers: dict[str, str]) -> str:
     escaped = "".join(f"\\{b:03d}" for b in body)  # Lua decimal escapes: any bytes
+    lines = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
     return f"""wrk.method = "POST"
 wrk.body = "{escaped}"
-wrk.headers["Content-Type"] = "{content_type}"
-done = function(summary, latency, requests)
+{lines}done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format("WIREMARK %d %d %d %d %.1f\\n", summary.requests, summary.duration,
     e.connect + e.read + e.write + e.timeout, e.status, latency:percentile(50)))
@@ -189,12 +195,20 @@ class HttpDriver(Driver):
         except httpx.TransportError:
             return False
 
-    def send(self, address: str, path: str, body: bytes, media: str, timeout: float) -> bytes:
+    def send(
+        self,
+        address: str,
+        path: str,
+        body: bytes,
+        media: str,
+        timeout: float,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
         try:
             response = httpx.post(
                 f"http://{address}{path}",
                 content=body,
-                headers={"content-type": media},
+                headers={"content-type": media, **(headers or {})},
                 timeout=timeout,
                 trust_env=False,
             )
@@ -204,9 +218,11 @@ class HttpDriver(Driver):
             raise RuntimeError(f"{response.status_code} {response.text[:200]}")
         return response.content
 
-    def tool_file(self, body: bytes, media: str, tmp: Path, name: str) -> Path:
+    def tool_file(
+        self, body: bytes, media: str, tmp: Path, name: str, headers: dict[str, str] | None = None
+    ) -> Path:
         file = tmp / f"{name}.lua"  # a wrk script that POSTs the body
-        file.write_text(_lua(body, media))
+        file.write_text(_lua(body, {"Content-Type": media, **(headers or {})}))
         return file
 
     def tool_argv(
