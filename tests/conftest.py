@@ -19,7 +19,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
     os.environ.pop(proxy, None)
 
-TRANSPORTS = ("grpc", "json", "msgpack", "tfs-grpc")  # every shipped transport
+# the quick scenario's transports (the OIP ones have tests/test_oip.py)
+TRANSPORTS = ("grpc", "json", "msgpack", "tfs-grpc")
 # Small limits so the over-limit cases are cheap to provoke.
 MAX_BATCH = 64
 MAX_BODY = 1_000_000

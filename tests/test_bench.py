@@ -25,6 +25,7 @@ import pytest
 from wiremark.harness import scenario as scenarios
 from wiremark.harness.cell import CLIENT_BOUND
 from wiremark.harness.launch import ServerProcess
+from wiremark.payloads import transport as registry
 from wiremark.reports import records
 from wiremark.servers import runner
 
@@ -337,13 +338,20 @@ def test_shipped_scenarios():
     assert {c.transport for c in gate.cells()} <= set(TRANSPORTS)
     # a file takes the defaults for what it leaves out
     partial = scenarios.parse({"scenario": {"models": ["mnist"]}})
-    assert partial.transports == list(TRANSPORTS) and partial.duration_s == 5.0
+    assert partial.transports == list(registry.names()) and partial.duration_s == 5.0
     assert partial.client == ["lean"]
 
 
 def test_the_client_library_is_a_dimension():
     both = scenarios.parse(
-        {"scenario": {"models": ["iris"], "concurrency": [1, 8], "client": ["lean", "library"]}}
+        {
+            "scenario": {
+                "models": ["iris"],
+                "transports": list(TRANSPORTS),
+                "concurrency": [1, 8],
+                "client": ["lean", "library"],
+            }
+        }
     )
     cells = list(both.cells())
     closed = [c for c in cells if c.mode == "closed"]
