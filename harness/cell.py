@@ -91,7 +91,8 @@ def summarise(
 
 
 class ServerWatch:
-    """The server process's CPU seconds over the measured window, and its peak memory."""
+    """The server's CPU seconds over the measured window, and its peak memory: its process
+    and every process under it (the workers of `--workers N`, a peer's inference workers)."""
 
     def __init__(self, pid: int | None) -> None:
         import psutil
@@ -99,8 +100,24 @@ class ServerWatch:
         self.proc = psutil.Process(pid) if pid else None
         self.start = 0.0
 
+    def tree(self) -> list[Any]:
+        import psutil
+
+        if self.proc is None:
+            return []
+        try:
+            return [self.proc, *self.proc.children(recursive=True)]
+        except psutil.Error:
+            return [self.proc]
+
     def cpu(self) -> float:
-        return sum(self.proc.cpu_times()[:2]) if self.proc else 0.0
+        import psutil
+
+        used = 0.0
+        for proc in self.tree():
+            with contextlib.suppress(psutil.Error):  # ended meanwhile
+                used += sum(proc.cpu_times()[:2])
+        return used
 
     def begin(self) -> None:
         self.start = self.cpu()
@@ -109,13 +126,15 @@ class ServerWatch:
         if self.proc is None:
             return {"server_cpu_s": None, "server_peak_rss_mb": None}
         used = self.cpu() - self.start
-        peak = None
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = round(int(line.split()[1]) / 1024, 1)
-        except OSError:
-            pass
+        peaks = []
+        for proc in self.tree():
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks.append(int(line.split()[1]) / 1024)
+            except OSError:
+                pass
+        peak = round(sum(peaks), 1) if peaks else None  # each process's peak, summed
         return {"server_cpu_s": round(used, 4), "server_peak_rss_mb": peak}
 
 
@@ -329,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m wiremark.harness.cell", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--transport", choices=transports.names(), required=True)
+    parser.add_argument("--transport", choices=transports.names(peers=True), required=True)
     parser.add_argument("--address", required=True, help="HOST:PORT")
     parser.add_argument("--model", default="iris")
     parser.add_argument(

@@ -52,25 +52,41 @@ class Cell:
         return self.inputs > 0 and not self.mismatches
 
 
-def cases(family: Family) -> Iterator[tuple[str, Batch, PixelEncoding]]:
-    """(label, batch, encoding) for the family's fixed input set."""
+def encodings_of(family: Family, transport: transports.Transport) -> list[PixelEncoding]:
+    """The encodings to check: MNIST's pixel encodings, and every family's when the
+    transport has tensor encodings (binary and JSON tensors on the Open Inference
+    Protocol), of those its server accepts."""
+    if family is not Family.DIGITS and not transport.tensor_encodings:
+        return [PixelEncoding.RAW]
+    return [e for e in PixelEncoding if e in transport.encodings]
+
+
+def cases(
+    family: Family, encodings: Sequence[PixelEncoding] = (PixelEncoding.RAW,)
+) -> Iterator[tuple[str, Batch, PixelEncoding]]:
+    """(label, batch, encoding) for the family's fixed input set, in each of `encodings`
+    (MNIST: both, unless told)."""
     if family is Family.TABULAR:
         rows, _ = samples.iris_rows()
-        for start in range(0, len(rows), BATCH):
-            yield (
-                f"rows {start}-{start + BATCH - 1}",
-                rows[start : start + BATCH],
-                PixelEncoding.RAW,
-            )
+        for encoding in encodings:
+            for start in range(0, len(rows), BATCH):
+                label = f"rows {start}-{start + BATCH - 1}"
+                yield (
+                    label if len(encodings) == 1 else f"{encoding} {label}",
+                    rows[start : start + BATCH],
+                    encoding,
+                )
     elif family is Family.DIGITS:
         digits, _ = samples.mnist_digits(MNIST_INPUTS)
-        for encoding in PixelEncoding:
+        for encoding in encodings:
             for start in range(0, len(digits), BATCH):
                 batch = digits[start : start + BATCH]
                 yield f"{encoding} digits {start}-{start + BATCH - 1}", batch, encoding
     else:
-        for image in samples.face_images(FACE_SIZES):
-            yield image.image_id, [image], PixelEncoding.RAW
+        for encoding in encodings:
+            for image in samples.face_images(FACE_SIZES):
+                label = image.image_id if len(encodings) == 1 else f"{encoding} {image.image_id}"
+                yield label, [image], encoding
 
 
 def compare(label: str, got: Prediction, want: Prediction, cell: Cell) -> None:
@@ -107,7 +123,8 @@ def compare(label: str, got: Prediction, want: Prediction, cell: Cell) -> None:
 
 def check(client: Client, model: str, reference: Any) -> Cell:
     cell = Cell(model, client.transport)
-    for label, batch, encoding in cases(MODEL_FAMILIES[model]):
+    family = MODEL_FAMILIES[model]
+    for label, batch, encoding in cases(family, encodings_of(family, client.descriptor)):
         try:
             reply = client.predict(model, batch, encoding)
         except WiremarkError as exc:
@@ -138,6 +155,8 @@ def conform(
             except WiremarkError as exc:  # no server there: every model fails, nothing is sent
                 client, unreachable = None, f"{type(exc).__name__}: {exc}"
             for model in models:
+                if not transports.get(transport).serves(model):
+                    continue  # a peer serving only some models: the rest are not its to pass
                 if client is None:
                     cells.append(Cell(model, transport, mismatches=[unreachable]))
                 else:
@@ -173,7 +192,7 @@ def table(cells: list[Cell]) -> str:
 
 def parse_target(text: str) -> tuple[str, str]:
     transport, _, address = text.partition("=")
-    names = transports.names()
+    names = transports.names(peers=True)
     if transport not in names or ":" not in address:
         raise argparse.ArgumentTypeError(
             f"expected TRANSPORT=HOST:PORT with a transport of {', '.join(names)}"

@@ -94,9 +94,11 @@ class ServerProcess:
 
     def healthy(self) -> bool:
         """True when the server says SERVING; False while it loads (its wire's check)."""
+        from wiremark.payloads import transport as registry
+
         from .transports import driver
 
-        return driver(self.transport).healthy(self.address)
+        return driver(self.transport).healthy(self.address, registry.get(self.transport).codec)
 
     def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
         deadline = time.monotonic() + timeout
@@ -128,6 +130,20 @@ class ServerProcess:
         self.stop()
 
 
+def prepare(procs: Iterable[ServerProcess]) -> None:
+    """Each server kind's one-off preparation (a peer's virtualenv), before any starts."""
+    from wiremark.payloads import transport as registry
+    from wiremark.servers.serve import SERVER_KINDS
+
+    known = (registry.TRANSPORTS.get(p.transport) for p in procs)  # an echo names a wire
+    for kind in dict.fromkeys(t.server for t in known if t is not None):
+        if kind in SERVER_KINDS:
+            try:
+                SERVER_KINDS[kind].prepare()
+            except RuntimeError as exc:
+                raise ServerStartError(f"the {kind} server cannot start: {exc}") from None
+
+
 @contextmanager
 def running(
     procs: Iterable[ServerProcess],
@@ -138,6 +154,7 @@ def running(
     so they load in parallel; `before_ready()` runs meanwhile; then each must say SERVING.
     Every server started is stopped on the way out, Ctrl-C and errors included."""
     procs = list(procs)
+    prepare(procs)
     with ExitStack() as stack:
         for proc in procs:
             stack.callback(proc.stop)

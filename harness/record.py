@@ -60,7 +60,7 @@ class References:
             run = self.runners[model]
             ref = Reference(run.predict(batch), timed(lambda: run.predict(batch)))
             pixels = PixelEncoding(encoding)
-            for t in registry.names():
+            for t in registry.names(peers=True):
                 ref.request_bytes[t] = len(bodies.encode(t, model, batch, pixels))
                 ref.client_encode_ms[t] = timed(
                     functools.partial(bodies.encode, t, model, batch, pixels)

@@ -125,7 +125,7 @@ class Scenario:
 
         for key, allowed in (
             ("models", runner.models()),
-            ("transports", transports.names()),
+            ("transports", transports.names(peers=True)),
             ("encodings", ("raw", "list")),
             ("compression", ("none", "gzip")),
             ("client", CLIENTS),
@@ -169,10 +169,13 @@ class Scenario:
                 workload = (batch, encoding, compression)
                 # an encoding other than raw means something only for MNIST's pixels and on
                 # transports with tensor encodings (the Open Inference Protocol's JSON tensors)
+                # (and a peer's transport only for the models and encodings it serves)
                 chosen = [
                     t
                     for t in self.transports
-                    if digits or encoding == "raw" or has_tensor_encodings(t)
+                    if (digits or encoding == "raw" or has_tensor_encodings(t))
+                    and transports.get(t).serves(model)
+                    and encoding in transports.get(t).encodings
                 ]
                 for users in self.concurrency:
                     for client, t in itertools.product(self.client, chosen):

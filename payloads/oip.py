@@ -68,6 +68,8 @@ OCTET = "application/octet-stream"
 SERVICE = "inference.GRPCInferenceService"
 INFER_PATH = f"/{SERVICE}/ModelInfer"
 METADATA_PATH = f"/{SERVICE}/ModelMetadata"
+SERVER_READY_PATH = f"/{SERVICE}/ServerReady"
+READY_PATH = "/v2/health/ready"
 
 
 def infer_path(model: str) -> str:

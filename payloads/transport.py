@@ -233,6 +233,14 @@ class OipRestCodec:
     def decode_metadata(self, body: bytes) -> dict[str, Any]:
         return dict(rest.parse_body(body, JSON))
 
+    def health_call(self) -> tuple[str, bytes]:
+        """The API's own readiness check, for servers that have no wiremark health (a peer):
+        GET /v2/health/ready, ready when it answers 200."""
+        return oip.READY_PATH, b""
+
+    def healthy_reply(self, body: bytes) -> bool:
+        return True
+
 
 @dataclass(frozen=True)
 class OipGrpcCodec:
@@ -265,6 +273,20 @@ class OipGrpcCodec:
     def decode_metadata(self, body: bytes) -> dict[str, Any]:
         return oip.decode_grpc_metadata(body)
 
+    def health_call(self) -> tuple[str, bytes]:
+        """The API's own readiness check: ServerReady (MLServer has no grpc.health.v1)."""
+        return oip.SERVER_READY_PATH, bytes(oip.messages().ServerReadyRequest().SerializeToString())
+
+    def healthy_reply(self, body: bytes) -> bool:
+        return bool(oip.parse(oip.messages().ServerReadyResponse, body).ready)
+
+
+def health_call(codec: BodyCodec) -> tuple[str, bytes] | None:
+    """(path, request body) of the codec's API's own readiness check (an empty body: an
+    HTTP GET, ready on 200), or None: the wire's own (GET /healthz, grpc.health.v1)."""
+    call = getattr(codec, "health_call", None)
+    return call() if call is not None else None
+
 
 def request_headers(codec: BodyCodec, body: bytes) -> dict[str, str]:
     """The headers a request body needs beside Content-Type (the Open Inference Protocol's
@@ -290,6 +312,15 @@ class Transport:
     # the scenarios' `encodings` (raw, list) choose binary or JSON/typed tensors for every
     # model on this transport, not only MNIST's pixels
     tensor_encodings: bool = False
+    models: tuple[str, ...] = ()  # the models its server can serve; empty: every model
+    # a peer: another project's server (e.g. "MLServer") measured beside wiremark's, in a
+    # virtualenv of its own; only ever run when named (never among the defaults)
+    peer: str = ""
+    # the encodings its server accepts (MLServer's REST has no binary tensor extension)
+    encodings: tuple[str, ...] = ("raw", "list")
+
+    def serves(self, model: str) -> bool:
+        return not self.models or model in self.models
 
     @property
     def media_type(self) -> str:
@@ -306,6 +337,7 @@ class Transport:
             "server": self.server,
             "api": self.api,
             "media_type": self.media_type,
+            "peer": self.peer,
         }
 
 
@@ -340,6 +372,39 @@ register(
 register(
     Transport("oip-grpc", "OIP gRPC", "OIP gRPC", WIRE_GRPC, OipGrpcCodec(), "grpcio", OIP, True)
 )
+# A real peer: MLServer (Seldon) speaking the same protocol, started by the "mlserver" server
+# kind in a virtualenv of its own (`harness/peer.py`); it serves iris_rf, wiremark's forest
+# (JSON tensors only over REST: MLServer 1.7 refuses the binary tensor data extension, 422)
+MLSERVER = "MLServer"
+register(
+    Transport(
+        "mlserver-rest",
+        "MLServer OIP REST",
+        "MLS REST",
+        WIRE_HTTP1,
+        OipRestCodec(),
+        "mlserver",
+        OIP,
+        tensor_encodings=True,
+        models=("iris_rf",),
+        peer=MLSERVER,
+        encodings=("list",),
+    )
+)
+register(
+    Transport(
+        "mlserver-grpc",
+        "MLServer OIP gRPC",
+        "MLS gRPC",
+        WIRE_GRPC,
+        OipGrpcCodec(),
+        "mlserver",
+        OIP,
+        tensor_encodings=True,
+        models=("iris_rf",),
+        peer=MLSERVER,
+    )
+)
 
 
 _plugins_lock = threading.Lock()
@@ -361,10 +426,12 @@ def load_plugins() -> None:
             entry.load()
 
 
-def names() -> tuple[str, ...]:
-    """Every registered transport, in registration order (the report's order too)."""
+def names(peers: bool = False) -> tuple[str, ...]:
+    """Every registered transport, in registration order (the report's order too): wiremark's
+    own, and with `peers` the peers' too (a peer runs only when named: it installs a
+    virtualenv on first use)."""
     load_plugins()
-    return tuple(TRANSPORTS)
+    return tuple(name for name, t in TRANSPORTS.items() if peers or not t.peer)
 
 
 def get(name: str) -> Transport:

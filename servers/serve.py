@@ -70,6 +70,13 @@ class ServerKind:
     def describe(self, options: ServeOptions) -> str:
         return str(self._load().describe(options))
 
+    def prepare(self) -> None:
+        """What must happen once before a server of this kind starts (a peer installs its
+        virtualenv, with progress, rather than inside a server's start-up timeout)."""
+        prepare = getattr(self._load(), "prepare", None)
+        if prepare is not None:
+            prepare()
+
 
 SERVER_KINDS: dict[str, ServerKind] = {}
 
@@ -81,6 +88,8 @@ def register_server_kind(kind: ServerKind) -> ServerKind:
 
 register_server_kind(ServerKind("grpcio", "wiremark.servers.grpc_server"))
 register_server_kind(ServerKind("fastapi", "wiremark.servers.http_server"))
+# a peer: MLServer in its own virtualenv, standing for the `mlserver-*` transports
+register_server_kind(ServerKind("mlserver", "wiremark.servers.mlserver"))
 
 
 def server_kind(transport: str) -> ServerKind:

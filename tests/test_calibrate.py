@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .conftest import TRANSPORTS
+from wiremark.payloads import transport as registry
 
 FIELDS = {"transport", "harness_rps", "tool_rps", "harness_p50_ms", "tool_p50_ms"}
 FIELDS |= {"harness_client_cpu"}
@@ -39,7 +39,7 @@ def test_calibrate_reports_harness_beside_tools():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout)
-    assert [r["transport"] for r in rows] == list(TRANSPORTS)
+    assert [r["transport"] for r in rows] == list(registry.names())
     for r in rows:
         assert set(r) == FIELDS | {"client"} and r["client"] == "lean"
         assert all(r[k] > 0 for k in FIELDS - {"transport"})

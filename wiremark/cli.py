@@ -1,4 +1,4 @@
-"""The `wiremark` command: serve, bench, conform, report, gate, calibrate, overhead.
+"""The `wiremark` command: serve, bench, conform, report, gate, calibrate, overhead, peer.
 
 Errors a user can act on print one line, `wiremark: error: ...`, and exit 2; no traceback.
 """
@@ -45,7 +45,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     shipped = models()
 
     p = sub.add_parser("serve", help="run one model server (gRPC, JSON or MessagePack)")
-    p.add_argument("--transport", choices=transports.names(), required=True)
+    p.add_argument("--transport", choices=transports.names(peers=True), required=True)
     p.add_argument(
         "--models",
         type=usage.models,
@@ -173,6 +173,7 @@ COMMANDS = {
     "gate": "wiremark.reports.gate",
     "calibrate": "wiremark.harness.calibrate",
     "overhead": "wiremark.harness.overhead",
+    "peer": "wiremark.harness.peer",
 }
 
 

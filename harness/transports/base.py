@@ -105,8 +105,9 @@ class Driver(ABC):
         `harness.users.TransportUser`)."""
 
     @abstractmethod
-    def healthy(self, address: str) -> bool:
-        """True when the server says SERVING; False while it loads or does not answer."""
+    def healthy(self, address: str, codec: Any = None) -> bool:
+        """True when the server says SERVING; False while it loads or does not answer. With
+        a codec that has its API's own check (`payloads.transport.health_call`), that one."""
 
     @abstractmethod
     def send(

@@ -25,7 +25,7 @@ import grpc
 from wiremark.payloads import errors
 from wiremark.payloads.contract import GRPC_ECHO_PATH, SERVER_TIMING, Family
 from wiremark.payloads.timing import parse_server_timing
-from wiremark.payloads.transport import WIRE_GRPC, Transport
+from wiremark.payloads.transport import WIRE_GRPC, Transport, health_call
 
 from .base import CONNECT_TIMEOUT, LEAN, LIBRARY, Client, Driver, ToolSample
 
@@ -159,10 +159,17 @@ class GrpcDriver(Driver):
     def user_base(self, client: str = LEAN) -> type[Any]:
         return _lean_user() if client == LEAN else _library_user()
 
-    def healthy(self, address: str) -> bool:
+    def healthy(self, address: str, codec: Any = None) -> bool:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        call = health_call(codec) if codec is not None else None
         with grpc.insecure_channel(address) as channel:
+            if call is not None:
+                try:
+                    reply = channel.unary_unary(call[0])(call[1], timeout=2)
+                except grpc.RpcError:
+                    return False
+                return bool(codec.healthy_reply(reply))
             stub = health_pb2_grpc.HealthStub(channel)
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)

@@ -24,6 +24,7 @@ from wiremark.payloads.timing import parse_server_timing
 from wiremark.payloads.transport import (
     WIRE_HTTP1,
     Transport,
+    health_call,
     reply_media_types,
     request_headers,
 )
@@ -189,9 +190,11 @@ class HttpDriver(Driver):
     def user_base(self, client: str = LEAN) -> type[Any]:
         return _lean_user() if client == LEAN else _library_user()
 
-    def healthy(self, address: str) -> bool:
+    def healthy(self, address: str, codec: Any = None) -> bool:
+        call = health_call(codec) if codec is not None else None
+        path = call[0] if call else "/healthz"
         try:
-            return httpx.get(f"http://{address}/healthz", timeout=2).status_code == 200
+            return httpx.get(f"http://{address}{path}", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
 
