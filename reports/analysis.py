@@ -88,13 +88,21 @@ def _text(value: Any) -> str:
 
 def variant_key(batch: Any, encoding: Any, compression: Any, model: Any = None) -> str:
     """The payload variant of a cell as one key, "BATCH|ENCODING|COMPRESSION": the batch as
-    written, the pixel encoding where the model has one, the compression unless "none"."""
+    written, the pixel encoding where the model has one, a tensor encoding other than raw
+    where it has none (the Open Inference Protocol's JSON tensors: "list tensors"), the
+    compression unless "none"."""
+    text = _text(encoding) if encoding else ""
+    if model is not None and model not in PIXEL_MODELS:
+        text = f"{text} {TENSORS}" if text and text != "raw" else ""
     parts = (
         fmt_key(batch) if is_num(batch) else "",
-        _text(encoding) if encoding and (model is None or model in PIXEL_MODELS) else "",
+        text,
         _text(compression) if compression and compression != "none" else "",
     )
     return "|".join(parts)
+
+
+TENSORS = "tensors"  # how a non-pixel model's encoding reads in a variant key
 
 
 def variant_parts(key: str) -> tuple[str, str, str]:

@@ -17,7 +17,9 @@ row each. Fields (schema_version 4; `load` reads 1 to 4):
                      name (as the cells name it), label (as the report writes it),
                      short_label (table headers, plot ticks), wire (WIRE_GRPC or
                      WIRE_HTTP1), server (the server kind), api (whose API the bodies
-                     follow) and media_type. The report takes every transport's label,
+                     follow), media_type and peer (the other project whose server it is,
+                     e.g. "MLServer"; "" for wiremark's own, and for files from before
+                     peers, which lack the key). The report takes every transport's label,
                      order and colour from here and compares transports by wire; a
                      transport in the cells but not here sorts last, labelled by its name.
                      Schema 1 had no such key: `load` supplies LEGACY_TRANSPORTS.
@@ -114,7 +116,7 @@ CURRENT = "current"
 ARMS = (BASELINE, CURRENT)
 
 # The fields of a transport descriptor in the run document's "transports" list.
-TRANSPORT_FIELDS = ("name", "label", "short_label", "wire", "server", "api", "media_type")
+TRANSPORT_FIELDS = ("name", "label", "short_label", "wire", "server", "api", "media_type", "peer")
 
 # The transports of schema-1 files, which did not record them. Read only by `load`, for
 # those files: everything else takes the transports from the file.
@@ -126,6 +128,7 @@ LEGACY_TRANSPORTS: tuple[dict[str, str], ...] = (
         "wire": WIRE_GRPC,
         "server": "grpcio",
         "api": "wiremark",
+        "peer": "",
         "media_type": "application/grpc",
     },
     {
@@ -135,6 +138,7 @@ LEGACY_TRANSPORTS: tuple[dict[str, str], ...] = (
         "wire": WIRE_HTTP1,
         "server": "fastapi",
         "api": "wiremark",
+        "peer": "",
         "media_type": "application/json",
     },
     {
@@ -144,6 +148,7 @@ LEGACY_TRANSPORTS: tuple[dict[str, str], ...] = (
         "wire": WIRE_HTTP1,
         "server": "fastapi",
         "api": "wiremark",
+        "peer": "",
         "media_type": "application/msgpack",
     },
 )
@@ -258,7 +263,7 @@ class Run:
         the file's "transports", LEGACY_TRANSPORTS for a schema-1 run that has none."""
         given = self.meta.get("transports")
         if isinstance(given, list):
-            return [dict(t) for t in given if isinstance(t, dict) and t.get("name")]
+            return [{"peer": "", **t} for t in given if isinstance(t, dict) and t.get("name")]
         if self.meta.get("schema_version") == 1:
             return [dict(t) for t in LEGACY_TRANSPORTS]
         return []

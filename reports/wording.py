@@ -95,8 +95,8 @@ def variant(key: Any) -> str:
     parts = []
     if batch:
         parts.append(f"batch {batch}")
-    if encoding:
-        parts.append(f"{encoding} pixels")
+    if encoding:  # "raw" or "list" pixels, or already in words ("list tensors")
+        parts.append(encoding if " " in encoding else f"{encoding} pixels")
     if compression and compression != "none":
         parts.append(f"{compression} compression")
     return ", ".join(parts) or "default payload"
