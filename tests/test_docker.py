@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from wiremark.cli import build_parser
+from wiremark.harness import scenario as scenarios
+from wiremark.payloads import transport as registry
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = sorted((ROOT / "docker").glob("Dockerfile*"))
@@ -47,7 +49,10 @@ def test_compose_commands_parse():
         build_parser().parse_args(json.loads(c)) for c in re.findall(r"command: (\[.*\])", text)
     ]
     serves = [a for a in commands if a.command == "serve"]
-    assert {a.transport for a in serves} == {"grpc", "json", "msgpack", "tfs-grpc"}
+    assert {a.transport for a in serves} == set(registry.names())  # every one but peers
     (bench,) = [a for a in commands if a.command == "bench"]
-    # the load generator measures exactly the three servers, by their service names and ports
-    assert sorted(bench.target) == sorted((a.transport, f"{a.transport}:{a.port}") for a in serves)
+    # the load generator measures the quick scenario's servers, by service names and ports
+    quick = scenarios.load("quick").transports
+    assert sorted(bench.target) == sorted(
+        (a.transport, f"{a.transport}:{a.port}") for a in serves if a.transport in quick
+    )

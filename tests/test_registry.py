@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = "tests.plugins.plugin_json"
 
 
-@pytest.mark.parametrize("name", registry.names())
+@pytest.mark.parametrize("name", registry.names(peers=True))
 def test_every_registered_transport_is_complete(name):
     assert drivers.incomplete(registry.get(name)) == []
 
