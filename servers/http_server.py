@@ -38,7 +38,13 @@ from starlette.responses import Response
 
 from wiremark.payloads import rest, schemas, signatures, tfs_codec
 from wiremark.payloads import transport as transports
-from wiremark.payloads.contract import JSON, MODEL_FAMILIES, MSGPACK_ALIASES, Family
+from wiremark.payloads.contract import (
+    DEFAULT_BODY_IDLE_S,
+    JSON,
+    MODEL_FAMILIES,
+    MSGPACK_ALIASES,
+    Family,
+)
 from wiremark.payloads.errors import (
     InvalidInput,
     MalformedBody,
@@ -506,15 +512,20 @@ def is_prediction(path: str) -> bool:
     return path.endswith((":predict", "/infer"))
 
 
-def uvicorn_config(app: Any, access_log: bool, grace_s: float) -> Any:
+def uvicorn_config(
+    app: Any, access_log: bool, grace_s: float, header_idle_s: float = DEFAULT_BODY_IDLE_S
+) -> Any:
     """The uvicorn settings of every HTTP server here (the model server and the echo in
-    `wiremark overhead`): uvloop, httptools, no access log unless asked."""
+    `wiremark overhead`): uvloop, httptools with an idle limit on request headers
+    (`servers/slow_headers.py`), no access log unless asked."""
     import uvicorn
+
+    from .slow_headers import protocol
 
     return uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=protocol(header_idle_s),
         access_log=access_log,
         log_level="info" if access_log else "warning",
         timeout_graceful_shutdown=int(grace_s),
@@ -546,7 +557,10 @@ def run(service: ModelService, options: ServeOptions, on_bound: Callable[[int], 
             server.should_exit = True
 
     config = uvicorn_config(
-        create_app(service, on_load_failure=stop), options.access_log, options.grace_s
+        create_app(service, on_load_failure=stop),
+        options.access_log,
+        options.grace_s,
+        service.config.body_idle_s,
     )
     server = _GracefulServer(config)
     server.run(sockets=[sock])

@@ -449,6 +449,41 @@ def test_a_slow_steady_body_is_not_cut_off(patient_server):
     assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
 
 
+def test_headers_that_stop_arriving_get_408_and_the_connection_closed(patient_server):
+    """Half a request's headers, then nothing: 408 naming the headers once the idle limit
+    passes (the same --body-idle-timeout), and the connection closed rather than held."""
+    host, port = patient_server.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sent = b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: x\r\nContent-Ty"
+        sock.sendall(sent)
+        reply = read_all(sock)  # returns only because the server closed the connection
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), reply[:300]
+    error = json.loads(body)
+    assert error["field"] == "headers" and "stopped arriving" in error["error"]
+    assert f"no bytes for 2 s after {len(sent)}" in error["error"], error
+    assert patient_server.healthy()
+
+
+def test_slow_steady_headers_are_not_cut_off(patient_server):
+    """Headers and body sent a few bytes at a time, 0.1 s apart (several seconds in all,
+    longer than the 2 s idle limit, each gap far under it): answered as any other request,
+    and the connection kept alive for the next one."""
+    body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+    request = (
+        f"POST /v1/models/iris:predict HTTP/1.1\r\nHost: {patient_server.address}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    host, port = patient_server.address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        for i in range(0, len(request), 6):
+            time.sleep(0.1)
+            sock.sendall(request[i : i + 6])
+        assert read_reply(sock).startswith(b"HTTP/1.1 200")
+        sock.sendall(request)  # the same connection serves the next request at once
+        assert read_reply(sock).startswith(b"HTTP/1.1 200")
+
+
 def test_a_client_that_goes_away_is_not_an_internal_error(patient_server):
     sock = raw_request(patient_server.address, 1000, b'{"instances": [[5.1,')
     sock.close()

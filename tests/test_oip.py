@@ -23,6 +23,8 @@ from wiremark.payloads import oip, samples
 from wiremark.payloads.contract import Family, PixelEncoding
 from wiremark.payloads.errors import InvalidInput, MalformedBody
 
+from .cli import wiremark
+
 MODELS = "iris,mnist,face"
 
 
@@ -199,6 +201,39 @@ def test_the_harness_clients_on_both_encodings(oip_servers, reference):
             raw = client.predict("mnist", digits, PixelEncoding.RAW).request_bytes
             listed = client.predict("mnist", digits, PixelEncoding.LIST).request_bytes
             assert listed > raw if transport == "oip-rest" else listed >= raw
+
+
+def test_bench_measures_oip_servers_it_did_not_start(oip_servers, tmp_path):
+    """`--target oip-rest=... --target oip-grpc=...`: servers bench did not start, checked
+    against the in-process models first, then measured in both tensor encodings."""
+    scenario = tmp_path / "oip.toml"
+    scenario.write_text(
+        """[scenario]
+name = "oip-target"
+models = ["iris"]
+transports = ["oip-rest", "oip-grpc"]
+concurrency = [2]
+encodings = ["raw", "list"]
+duration_s = 1
+max_duration_s = 4
+warmup_s = 0.5
+min_requests = 5
+"""
+    )
+    targets = [f"--target={t}={p.address}" for t, p in oip_servers.items()]
+    out = tmp_path / "out"
+    result = wiremark("bench", "--scenario", scenario, *targets, "--out", out, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((out / "results.json").read_text())
+    assert {(c["transport"], c["passed"]) for c in run["conformance"]} == {
+        ("oip-rest", True),
+        ("oip-grpc", True),
+    }
+    cells = {(c["transport"], c["encoding"]): c for c in run["cells"]}
+    assert set(cells) == {(t, e) for t in oip_servers for e in ("raw", "list")}
+    assert all(c["valid"] for c in cells.values())
+    # binary tensors are smaller than JSON ones on REST
+    assert cells["oip-rest", "raw"]["request_bytes"] != cells["oip-rest", "list"]["request_bytes"]
 
 
 # ---------------------------------------------------------------------- bad input, REST

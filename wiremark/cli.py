@@ -75,8 +75,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         type=usage.non_negative,
         default=DEFAULT_BODY_IDLE_S,
         metavar="S",
-        help="HTTP: answer 408 when a request body stops arriving for S seconds "
-        "(an idle limit: a slow, steady client is never cut off; default: %(default)s)",
+        help="HTTP: answer 408 when a request's headers or body stop arriving for S seconds "
+        "(an idle limit: a slow, steady client is never cut off; 0: wait for ever; "
+        "default: %(default)s)",
     )
     p.add_argument(
         "--max-in-flight",
