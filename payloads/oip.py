@@ -42,6 +42,7 @@ import numpy as np
 import orjson
 from google.protobuf.message import DecodeError
 
+from . import flat_faces
 from .contract import (
     DIGIT_SIDE,
     IRIS_FEATURES,
@@ -49,9 +50,7 @@ from .contract import (
     Batch,
     Classes,
     EncodedImage,
-    Face,
     Family,
-    ImageFaces,
     Limits,
     PixelEncoding,
     Prediction,
@@ -404,14 +403,7 @@ def outputs_of(prediction: Prediction) -> dict[str, np.ndarray]:
             "predict": np.asarray(prediction.class_ids, dtype=np.int64),
             "predict_proba": np.asarray(prediction.probabilities, dtype=np.float32),
         }
-    faces = [(i, f) for i, image in enumerate(prediction) for f in image.faces]
-    return {
-        "image_id": np.array([image.image_id.encode() for image in prediction], dtype=object),
-        "face_image": np.array([i for i, _ in faces], dtype=np.int32),
-        "box": np.array([f.box for _, f in faces], dtype=np.int32).reshape(-1, 4),
-        "landmarks": np.array([f.landmarks for _, f in faces], dtype=np.int32).reshape(-1, 5, 2),
-        "confidence": np.array([f.confidence for _, f in faces], dtype=np.float32),
-    }
+    return flat_faces.flatten(prediction)
 
 
 OUTPUT_TYPES = {t.name: t.datatype for meta in MODELS.values() for t in meta.outputs}
@@ -425,21 +417,7 @@ def prediction_of(family: Family, out: Mapping[str, np.ndarray]) -> Prediction:
                 np.asarray(out["predict"]).astype(np.int64).reshape(-1),
                 np.asarray(out["predict_proba"]).astype(np.float32),
             )
-        images: list[list[Face]] = [[] for _ in out["image_id"]]
-        for i, box, marks, confidence in zip(
-            out["face_image"], out["box"], out["landmarks"], out["confidence"], strict=True
-        ):
-            images[int(i)].append(
-                Face(
-                    box=tuple(int(v) for v in box),  # type: ignore[arg-type]
-                    landmarks=tuple((int(x), int(y)) for x, y in marks),
-                    confidence=float(np.float32(confidence)),
-                )
-            )
-        return [
-            ImageFaces(bytes(image_id).decode(), tuple(faces))
-            for image_id, faces in zip(out["image_id"], images, strict=True)
-        ]
+        return flat_faces.unflatten(out)
     except (KeyError, IndexError, ValueError, TypeError) as exc:
         raise MalformedBody(f"unexpected inference response: {exc!r}", "outputs") from None
 

@@ -21,15 +21,13 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from . import signatures, tensors
+from . import flat_faces, signatures, tensors
 from .contract import (
     DIGIT_SIDE,
     Batch,
     Classes,
     EncodedImage,
-    Face,
     Family,
-    ImageFaces,
     Limits,
     PixelEncoding,
     Prediction,
@@ -281,14 +279,7 @@ def _outputs(prediction: Prediction) -> dict[str, np.ndarray]:
             "class_id": np.asarray(prediction.class_ids, dtype=np.int64),
             "probabilities": np.asarray(prediction.probabilities, dtype=np.float32),
         }
-    faces = [(i, f) for i, image in enumerate(prediction) for f in image.faces]
-    return {
-        "image_id": np.array([image.image_id.encode() for image in prediction], dtype=object),
-        "face_image": np.array([i for i, _ in faces], dtype=np.int32),
-        "box": np.array([f.box for _, f in faces], dtype=np.int32).reshape(-1, 4),
-        "landmarks": np.array([f.landmarks for _, f in faces], dtype=np.int32).reshape(-1, 5, 2),
-        "confidence": np.array([f.confidence for _, f in faces], dtype=np.float32),
-    }
+    return flat_faces.flatten(prediction)
 
 
 def encode_response(prediction: Prediction, spec: Spec) -> bytes:
@@ -313,22 +304,8 @@ def decode_response(family: Family, data: bytes) -> Prediction:
         }
         if family is not Family.FACES:
             return Classes(out["class_id"].astype(np.int64), out["probabilities"])
-        images: list[list[Face]] = [[] for _ in out["image_id"]]
-        for i, box, marks, confidence in zip(
-            out["face_image"], out["box"], out["landmarks"], out["confidence"], strict=True
-        ):
-            images[int(i)].append(
-                Face(
-                    box=tuple(int(v) for v in box),  # type: ignore[arg-type]
-                    landmarks=tuple((int(x), int(y)) for x, y in marks),
-                    confidence=float(confidence),
-                )
-            )
-        return [
-            ImageFaces(image_id.decode(), tuple(faces))
-            for image_id, faces in zip(out["image_id"], images, strict=True)
-        ]
-    except (KeyError, IndexError, ValueError, InvalidInput) as exc:
+        return flat_faces.unflatten(out)
+    except (KeyError, IndexError, ValueError, TypeError, InvalidInput) as exc:
         raise MalformedBody(f"unexpected PredictResponse: {exc!r}", "outputs") from None
 
 

@@ -31,6 +31,7 @@ from wiremark.servers import runner
 
 from .cli import wiremark
 from .conftest import TRANSPORTS, refused_address
+from .test_registry import iris_inputs
 
 TINY = """
 [scenario]
@@ -66,8 +67,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[records.Run, str
 def test_a_closed_and_an_open_cell_per_transport(tiny_run):
     run, _ = tiny_run
     assert run.meta["finished"] and run.meta["scenario"]["name"] == "tiny"
+    # the tiny scenario names no transports: every registered one but the peers
     assert {(c["transport"], c["mode"]) for c in run.cells} == {
-        (t, m) for t in TRANSPORTS for m in ("closed", "open")
+        (t, m) for t in registry.names() for m in ("closed", "open")
     }
     for cell in run.cells:
         assert cell["valid"], cell["invalid_reasons"]
@@ -95,12 +97,13 @@ def test_wire_bytes_exceed_body_bytes(tiny_run):
 def test_conformance_and_environment_are_recorded(tiny_run):
     run, log = tiny_run
     assert {(c["model"], c["transport"]) for c in run.conformance} == {
-        ("iris", t) for t in TRANSPORTS
+        ("iris", t) for t in registry.names()
     }
-    assert all(c["passed"] and c["inputs"] == 150 for c in run.conformance)
+    # 150 rows, in both tensor encodings on the Open Inference Protocol
+    assert all(c["passed"] and c["inputs"] == iris_inputs(c["transport"]) for c in run.conformance)
     assert run.meta["versions"]["grpcio"] and run.meta["machine"]["cpus"] >= 1
     assert run.meta["placement"]["client_cpus"] != run.meta["placement"]["server_cpus"]
-    n = 2 * len(TRANSPORTS)
+    n = 2 * len(registry.names())
     assert f"[{n:>3}/{n}]" in log  # one progress line per cell
     csv = (run.path.parent / records.RESULTS_CSV).read_text().splitlines()
     assert len(csv) == 1 + len(run.cells)
@@ -122,7 +125,9 @@ def test_an_interrupted_run_keeps_the_finished_cells_and_reports_them(tmp_path):
     # six cells: on a loaded machine this loop may see the first cell late, and the
     # interrupt must still land in a run that has cells to go
     text = TINY.replace("duration_s = 1.5", "duration_s = 2").replace("rate = [150]", "rate = []")
-    text = text.replace("concurrency = [2]", "concurrency = [2, 4]")
+    text = text.replace("concurrency = [2]", "concurrency = [2, 4]").replace(
+        'models = ["iris"]', 'models = ["iris"]\ntransports = ["grpc", "json", "msgpack"]'
+    )
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [
