@@ -1,6 +1,6 @@
 """`wiremark bench`: run a scenario's matrix against real servers and write the results.
 
-    wiremark bench [--scenario quick|full|gate|FILE] [--out DIR] [--repeat N]
+    wiremark bench [--scenario quick|full|gate|oip|peer|FILE] [--out DIR] [--repeat N]
                    [--target TRANSPORT=HOST:PORT ...] [--inject-delay-ms MS] [--inject-cpu-us US]
                    [--ab | --baseline-target TRANSPORT=HOST:PORT ...]
                    [--baseline-inject-delay-ms MS] [--baseline-inject-cpu-us US] [--seed N]
@@ -100,8 +100,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--scenario",
         default="quick",
-        help="quick (default, every model x transport, ~10 min), full (the sweeps), gate (a "
-        "small matrix for CI's A/B gate), or a TOML file",
+        help="quick (default, every model on grpc, json, msgpack, tfs-grpc, ~10 min), full "
+        "(the sweeps), gate (a small matrix for CI's A/B gate), oip (the Open Inference "
+        "Protocol's tensors), peer (MLServer beside wiremark), or a TOML file",
     )
     p.add_argument("--out", type=Path, help="results folder (default: wiremark-results/RUN_ID)")
     p.add_argument(

@@ -220,14 +220,13 @@ def free_ports(host: str, *ports: int) -> list[int]:
     two zeros get two ports; MLServer binds them a moment later). A port given is tried
     the same way, as PeerStartError when taken: MLServer whose REST port is taken logs the
     error and keeps running without it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    from wiremark.servers.serve import bind_socket  # SO_REUSEADDR, as uvicorn binds
+
     with contextlib.ExitStack() as stack:
         chosen = []
         for port in ports:
-            sock = stack.enter_context(socket.socket(family, socket.SOCK_STREAM))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             try:
-                sock.bind((host, port))
+                sock = stack.enter_context(bind_socket(host, port, reuse_port=False))
             except OSError as exc:
                 raise PeerStartError(f"cannot bind {host}:{port}: {exc.strerror}") from None
             chosen.append(sock.getsockname()[1])

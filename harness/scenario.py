@@ -171,11 +171,11 @@ class Scenario:
                 # transports with tensor encodings (the Open Inference Protocol's JSON tensors)
                 # (and a peer's transport only for the models and encodings it serves)
                 chosen = [
-                    t
-                    for t in self.transports
-                    if (digits or encoding == "raw" or has_tensor_encodings(t))
-                    and transports.get(t).serves(model)
-                    and encoding in transports.get(t).encodings
+                    t.name
+                    for t in map(transports.get, self.transports)
+                    if (digits or encoding == "raw" or t.tensor_encodings)
+                    and t.serves(model)
+                    and encoding in t.encodings
                 ]
                 for users in self.concurrency:
                     for client, t in itertools.product(self.client, chosen):

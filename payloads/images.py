@@ -12,6 +12,9 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
+
+from .contract import EncodedImage
 from .errors import InvalidInput
 
 # The formats the face model documents (Pillow's names); nothing else is even opened.
@@ -45,3 +48,25 @@ def check_image(data: bytes, field: str, max_pixels: int) -> None:
         )
     if min(width, height) < MIN_SIDE:
         raise InvalidInput(f"image smaller than {MIN_SIDE}x{MIN_SIDE} pixels", field)
+
+
+def encoded_images(
+    blobs: np.ndarray, ids: np.ndarray | None, field: str, id_field: str, max_pixels: int
+) -> list[EncodedImage]:
+    """A batch's image tensor (one bytes element per image, [N]) and its optional ids
+    tensor (UTF-8 bytes, [N]; None: numbered from 0) -> the images the face model takes,
+    each checked from its header."""
+    images = []
+    for i, blob in enumerate(blobs):
+        item = f"{field}[{i}]"
+        if not blob:
+            raise InvalidInput("empty image", item)
+        check_image(blob, item, max_pixels)
+        image_id = str(i)
+        if ids is not None:
+            try:
+                image_id = ids[i].decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput("ids must be UTF-8", f"{id_field}[{i}]") from None
+        images.append(EncodedImage(image_id, bytes(blob)))
+    return images

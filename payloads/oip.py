@@ -49,14 +49,13 @@ from .contract import (
     LANDMARKS,
     Batch,
     Classes,
-    EncodedImage,
     Family,
     Limits,
     PixelEncoding,
     Prediction,
 )
 from .errors import InvalidInput, MalformedBody, TooLarge, UnknownModel
-from .images import check_image
+from .images import encoded_images
 
 SERVER_NAME = "wiremark"
 PLATFORM = "wiremark"
@@ -189,11 +188,6 @@ def check_version(name: str, version: str | None) -> None:
 # --------------------------------------------------------------------------- tensors
 
 
-@functools.cache
-def _values_per_item(family: Family) -> int:
-    return max(math.prod(abs(d) for d in t.shape[1:]) for t in MODELS[family].inputs)
-
-
 def _shape(value: Any, where: str) -> tuple[int, ...]:
     if not isinstance(value, list | tuple) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
@@ -208,7 +202,8 @@ def check_tensor(
     family: Family, name: Any, datatype: Any, shape: Any, limits: Limits
 ) -> tuple[TensorMeta, tuple[int, ...]]:
     """An input's name, datatype and shape checked against the model's metadata (and the
-    batch limit) before any of its data is read."""
+    batch limit) before any of its data is read. Every dimension but the batch is fixed in
+    the metadata, so a shape that passes holds no more values than `max_batch` items."""
     meta = MODELS[family]
     if not isinstance(name, str):
         raise InvalidInput('every input needs a "name"', "inputs")
@@ -381,20 +376,9 @@ def _batch_of(family: Family, tensors: Mapping[str, np.ndarray], limits: Limits)
     ids = tensors.get("image_id")
     if ids is not None and ids.shape != data.shape:
         raise InvalidInput(f"{ids.size} ids for {data.size} images", "inputs['image_id']")
-    faces: list[EncodedImage] = []
-    for i, blob in enumerate(data):
-        item = f"inputs['image'][{i}]"
-        if not blob:
-            raise InvalidInput("empty image", item)
-        check_image(blob, item, limits.max_image_pixels)
-        image_id = str(i)
-        if ids is not None:
-            try:
-                image_id = ids[i].decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput("ids must be UTF-8", f"inputs['image_id'][{i}]") from None
-        faces.append(EncodedImage(image_id, bytes(blob)))
-    return faces
+    return encoded_images(
+        data, ids, "inputs['image']", "inputs['image_id']", limits.max_image_pixels
+    )
 
 
 def outputs_of(prediction: Prediction) -> dict[str, np.ndarray]:
@@ -519,7 +503,6 @@ def decode_rest_request(
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput('"inputs" must be a non-empty list of tensors', "inputs")
-    bound = limits.max_batch * _values_per_item(family)
     tensors: dict[str, np.ndarray] = {}
     at = 0
     for item in inputs:
@@ -531,8 +514,6 @@ def decode_rest_request(
         where = f"inputs[{spec.name!r}]"
         if spec.name in tensors:
             raise InvalidInput("input given twice", where)
-        if math.prod(dims) > bound:
-            raise TooLarge(f"shape {list(dims)} holds more than {bound} values", where)
         params = _params(item, where)
         size = params.get("binary_data_size")
         if size is not None:
@@ -689,10 +670,6 @@ def decode_rest_reply(family: Family, body: bytes, header_length: int | None = N
     return prediction_of(family, out)
 
 
-def error_body(message: str) -> dict[str, str]:
-    return {"error": message}
-
-
 # ------------------------------------------------------------------------------- gRPC
 
 
@@ -726,15 +703,12 @@ def decode_grpc_request(family: Family, request: Any, limits: Limits) -> tuple[B
         )
     if not request.inputs:
         raise InvalidInput("no inputs: send the model's input tensors", "inputs")
-    bound = limits.max_batch * _values_per_item(family)
     tensors: dict[str, np.ndarray] = {}
     for i, item in enumerate(request.inputs):
         spec, dims = check_tensor(family, item.name, item.datatype, list(item.shape), limits)
         where = f"inputs[{spec.name!r}]"
         if spec.name in tensors:
             raise InvalidInput("input given twice", where)
-        if math.prod(dims) > bound:
-            raise TooLarge(f"shape {list(dims)} holds more than {bound} values", where)
         if raw:
             if item.HasField("contents"):
                 raise InvalidInput("contents and raw_input_contents both given", where)

@@ -33,7 +33,7 @@ from .contract import (
     Prediction,
 )
 from .errors import InvalidInput, MalformedBody, TooLarge, UnknownModel, UnknownSignature
-from .images import check_image
+from .images import encoded_images
 from .signatures import SIGNATURE_NAME, SIGNATURES, TensorSpec
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
@@ -221,20 +221,8 @@ def _decode_faces(inputs: Any, limits: Limits, max_values: int) -> list[EncodedI
     ids = _input(inputs, Family.FACES, "image_id", max_values)
     if ids is not None and ids.reshape(-1).shape != data.shape:
         raise InvalidInput(f"{ids.size} ids for {len(data)} images", "inputs['image_id']")
-    images = []
-    for i, blob in enumerate(data):
-        item = f"{field}[{i}]"
-        if not blob:
-            raise InvalidInput("empty image", item)
-        check_image(blob, item, limits.max_image_pixels)
-        image_id = str(i)
-        if ids is not None:
-            try:
-                image_id = ids.reshape(-1)[i].decode("utf-8")
-            except UnicodeDecodeError:
-                raise InvalidInput("ids must be UTF-8", f"inputs['image_id'][{i}]") from None
-        images.append(EncodedImage(image_id, bytes(blob)))
-    return images
+    flat_ids = None if ids is None else ids.reshape(-1)
+    return encoded_images(data, flat_ids, field, "inputs['image_id']", limits.max_image_pixels)
 
 
 DECODERS: dict[Family, Callable[[Any, Limits, int], Batch]] = {

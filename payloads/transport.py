@@ -216,7 +216,8 @@ class OipRestCodec:
         return oip.decode_rest_reply(family, body)
 
     def decode_request(self, family: Family, body: Any, limits: Limits) -> tuple[Batch, Any]:
-        """`body`: the request's bytes, or (bytes, its Inference-Header-Content-Length)."""
+        """`body`: the request's bytes, or (bytes, its Inference-Header-Content-Length);
+        the form's model is left for the caller, who knows the route, to name."""
         data, length = body if isinstance(body, tuple) else (body, None)
         header, binary = oip.split_rest(data, length)
         return oip.decode_rest_request(family, "", header, binary, limits, length is not None)

@@ -27,6 +27,7 @@ from wiremark import __version__
 from wiremark.payloads import oip, rest
 from wiremark.payloads.contract import JSON
 from wiremark.payloads.errors import UnknownModel
+from wiremark.payloads.transport import OipRestCodec
 
 from .pipeline import Pipeline
 from .runner import Runner
@@ -57,6 +58,7 @@ def _json(value: Any, status: int = 200) -> Response:
 
 
 def add_routes(app: FastAPI, service: ModelService, routing: Routing) -> None:
+    codec = OipRestCodec()
     runners = service.runners
 
     def known(name: str, version: str | None) -> Runner:
@@ -67,19 +69,13 @@ def add_routes(app: FastAPI, service: ModelService, routing: Routing) -> None:
     def add_infer_route(name: str) -> None:
         def decode(request: Inference) -> tuple[Runner, Any, Any]:
             runner = runners.get(name) or service.runner(name)
-            header, binary = oip.split_rest(request.body, request.header_length)
-            batch, form = oip.decode_rest_request(
-                runner.family,
-                name,
-                header,
-                binary,
-                service.limits(runner),
-                request.header_length is not None,
-            )
+            body = (request.body, request.header_length)
+            batch, form = codec.decode_request(runner.family, body, service.limits(runner))
+            form.model = name
             request.form = form
             return runner, batch, form
 
-        pipeline = Pipeline(decode, oip.encode_rest_reply, routing.slowdown)
+        pipeline = Pipeline(decode, codec.encode_reply, routing.slowdown)
 
         async def infer(request: Request) -> Response:
             service.runner(name)  # still loading: 503 before anything else
