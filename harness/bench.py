@@ -32,6 +32,7 @@ block. Open-loop cells run at the same rate on both arms (from the baseline's cl
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import secrets
 import sys
@@ -57,6 +58,7 @@ from .execution import BenchError, Executor, Target
 from .launch import ServerProcess, ServerStartError, running
 from .record import SERVER_DOWN, References, failed_cell
 from .scenario import CellSpec, Scenario
+from .tls import Certificates, Trust
 from .watch import Watch, mark_down
 
 COMMON_SETTINGS = {
@@ -65,15 +67,23 @@ COMMON_SETTINGS = {
 }
 
 
+TLS_SETTING = (
+    "TLS cells: a throwaway CA (trustme) made for the run; the FastAPI servers on uvicorn with "
+    "Python's ssl, the grpcio servers with BoringSSL; every client verifies the certificate "
+    "and the address (HTTP/2 offers ALPN h2)"
+)
+
+
 def settings(
     names: list[str],
     external: bool,
     clients: list[str],
     delay_ms: float = 0.0,
     cpu_us: float = 0.0,
+    tls: bool = False,
 ) -> dict[str, str]:
     """How each transport ran, in words, from the server kind and the load driver that ran
-    it (not from text written beside them)."""
+    it (not from text written beside them); with `tls`, how the TLS cells ran."""
     from wiremark.servers.serve import ServeOptions, server_kind
     from wiremark.servers.service import ServiceConfig
 
@@ -87,6 +97,8 @@ def settings(
         ran = driver(name).clients
         client = "; ".join(f"{c} client: {ran[c]}" for c in clients)
         out[name] = f"{server}; {client}"
+    if tls:
+        out["tls"] = TLS_SETTING if not external else "the targets' own certificates, verified"
     return out | COMMON_SETTINGS | {"access_log": "off"}
 
 
@@ -112,6 +124,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "trials a side or >= 5 blocks; default 1, an A/B run 6)",
     )
     add_target_option(p, "measure a running server (repeatable) instead of starting them")
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="PEM",
+        help="a scenario's `tls = [true]` on --target servers: verify them against this CA "
+        "(default: the machine's CA store); servers bench starts use a throwaway CA",
+    )
     p.add_argument(
         "--inject-delay-ms",
         type=non_negative,
@@ -231,27 +250,35 @@ def summary_line(
     return f"[{index:>3}/{total}] {label:<{width}} {figures}  {'  '.join(flags)}".rstrip()
 
 
-ServerKey = tuple[str | None, str, str]  # (arm, transport, compression)
+ServerKey = tuple[str | None, str, str, bool]  # (arm, transport, compression, tls)
+
+
+def server_key(arm: str | None, spec: CellSpec) -> ServerKey:
+    return (arm, spec.transport, spec.compression, spec.tls)
 
 
 @contextmanager
 def started_servers(
     arms: list[Arm],
+    scenario: Scenario,
     transports: list[str],
-    compressions: list[str],
-    models: list[str],
     server_cpus: str | None,
+    certificates: Certificates | None,
     say: Callable[[str], None],
 ) -> Iterator[dict[ServerKey, ServerProcess]]:
-    """One server per arm, transport and compression setting, up and SERVING (all loading
-    at once), stopped after: (arm, transport, compression) -> its process."""
+    """One server per arm, transport, compression and TLS setting, up and SERVING (all
+    loading at once), stopped after: `ServerKey` -> its process. TLS servers serve
+    `certificates`."""
     procs: dict[ServerKey, ServerProcess] = {}
+    models = scenario.models
     for arm in arms:
-        for compression in compressions:
+        for compression, tls in itertools.product(scenario.compression, scenario.tls):
             for t in transports:
+                if tls and not registry.get(t).tls:
+                    continue  # a peer run without TLS: its TLS cells are never made
                 args = ["--models", ",".join(models), "--compression", compression]
-                procs[(arm.name, t, compression)] = ServerProcess(
-                    t, args + arm.serve_args(), server_cpus
+                procs[(arm.name, t, compression, tls)] = ServerProcess(
+                    t, args + arm.serve_args(), server_cpus, tls=certificates if tls else None
                 )
 
     def loading() -> None:
@@ -297,7 +324,12 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
             },
             "transports": [registry.get(t).describe() for t in transports],
             "settings": settings(
-                transports, external, scenario.client, current.delay_ms, current.cpu_us
+                transports,
+                external,
+                scenario.client,
+                current.delay_ms,
+                current.cpu_us,
+                True in scenario.tls,
             ),
             "ab": {
                 "arms": {str(arm.name): arm.describe() for arm in arms},
@@ -322,20 +354,24 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
     watch: Watch | None = None
     with ExitStack() as stack:
         if external:
+            trust = Trust(args.tls_ca) if True in scenario.tls else None
             targets = {
-                (arm.name, t, c): Target(t, arm.external[t], None)
+                (arm.name, t, c, tls): Target(t, arm.external[t], None, trust if tls else None)
                 for arm in arms
                 for t in transports
                 for c in scenario.compression
+                for tls in scenario.tls
             }
         else:
+            certificates = None
+            if True in scenario.tls:  # a throwaway CA for this run's TLS servers
+                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="wiremark-tls-"))
+                certificates = Certificates.make(Path(folder))
             procs = stack.enter_context(
-                started_servers(
-                    arms, transports, scenario.compression, scenario.models, server_cpus, say
-                )
+                started_servers(arms, scenario, transports, server_cpus, certificates, say)
             )
             targets = {
-                key: Target(key[1], p.address, p.proc.pid if p.proc else None)
+                key: Target(key[1], p.address, p.proc.pid if p.proc else None, p.trust)
                 for key, p in procs.items()
             }
             watch = Watch(procs, targets, stack, say)
@@ -345,11 +381,14 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
         references = References(scenario.models)
         entries: list[dict[str, Any]] = []
         failed: set[tuple[str | None, str, str]] = set()
+        first = (scenario.compression[0], scenario.tls[0])
         for arm in arms:
+            served = [t for t in transports if (arm.name, t, *first) in targets]
             checks = conform(
-                {t: targets[(arm.name, t, scenario.compression[0])].address for t in transports},
+                {t: targets[(arm.name, t, *first)].address for t in served},
                 scenario.models,
                 references=references.runners,
+                tls=targets[(arm.name, served[0], *first)].tls if served else None,
             )
             for c in checks:
                 entry = {
@@ -392,7 +431,7 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
                 reference = references.get(spec.model, spec.batch, spec.encoding)
                 for arm in order.sample(arms, len(arms)) if ab else arms:
                     index += 1
-                    server = (arm.name, spec.transport, spec.compression)
+                    server = server_key(arm.name, spec)
                     if watch is not None and server in watch.down:  # lost: not run
                         cell = failed_cell(spec, trial, rate, "", reference)
                         cell["invalid_reasons"] = [f"{SERVER_DOWN}: {watch.down[server]}"]
@@ -442,12 +481,14 @@ def write_report(out: Path) -> Path:
     return report.render(report.arms(records.load(out / records.RESULTS_JSON)), out / "report.html")
 
 
-def target_problem(transport: str, address: str, models: list[str]) -> str | None:
-    """What stops a server that bench did not start from being measured: it does not answer,
-    or does not serve one of the models. Checked in seconds, before anything loads; None
-    when it serves them all."""
+def target_problem(
+    transport: str, address: str, models: list[str], tls: Trust | None = None
+) -> str | None:
+    """What stops a server that bench did not start from being measured: it does not answer
+    (over TLS, verified, with a `Trust`), or does not serve one of the models. Checked in
+    seconds, before anything loads; None when it serves them all."""
     try:  # at most CONNECT_TIMEOUT for each step: a server that never answers is none
-        with connect(transport, address, timeout=CONNECT_TIMEOUT) as client:
+        with connect(transport, address, timeout=CONNECT_TIMEOUT, tls=tls) as client:
             for model in models:
                 client.metadata(model)
     except WiremarkError as exc:
@@ -471,10 +512,18 @@ def run(args: argparse.Namespace) -> int:
     arms = plan_arms(args)
     if len(arms) > 1 and args.repeat is None and scenario.repeat < AB_BLOCKS:
         scenario.repeat = AB_BLOCKS
+    if (args.target or args.baseline_target) and len(scenario.tls) > 1:
+        raise UsageError(
+            f"scenario {scenario.name!r}: a --target serves TLS or does not; "
+            "give tls = [true] or [false] for it, not both"
+        )
+    if args.tls_ca is not None and not args.tls_ca.is_file():
+        raise UsageError(f"--tls-ca {args.tls_ca}: no such file")
+    trust = Trust(args.tls_ca) if scenario.tls == [True] else None
     for flag, given in (("--target", args.target), ("--baseline-target", args.baseline_target)):
         for transport, address in given:
             if transport in scenario.transports:
-                problem = target_problem(transport, address, scenario.models)
+                problem = target_problem(transport, address, scenario.models, trust)
                 if problem:
                     raise UsageError(f"{flag} {transport}={address}: {problem}")
     out = args.out or Path("wiremark-results") / env.run_id()

@@ -4,7 +4,8 @@ a warm-up, with every latency kept (no histogram buckets).
     python -m wiremark.harness.cell --transport grpc --address 127.0.0.1:50051 \\
         --model iris --users 16 --duration 5 [--warmup 1] [--batch 1] [--encoding raw]
         [--rate 500 [--arrival constant|poisson]] [--compression gzip] [--client library]
-        [--server-pid PID] [--sample 20] [--raw latencies.npy] [--wire-requests 50]
+        [--tls [--tls-ca CA.pem]] [--server-pid PID] [--sample 20] [--raw latencies.npy]
+        [--wire-requests 50]
 
 The measured window lasts `--duration` seconds, and longer if it has fewer than
 `--min-requests` replies by then, up to `--max-duration`.
@@ -276,6 +277,7 @@ def run_cell(args: CellRequest) -> CellResult:
 
     from wiremark.payloads.contract import PixelEncoding
 
+    from .tls import Trust
     from .users import OpenLoop, Workload, user_class
 
     workload = Workload()
@@ -283,7 +285,8 @@ def run_cell(args: CellRequest) -> CellResult:
     workload.batch = batch_for(args.model, args.batch)
     workload.compression = args.compression
     workload.sample_size = args.sample
-    cls = user_class(args.transport, args.address, workload, args.client)
+    trust = Trust(Path(args.tls_ca) if args.tls_ca else None) if args.tls else None
+    cls = user_class(args.transport, args.address, workload, args.client, trust)
     env = Environment(user_classes=[cls])
     wire: dict[str, Any] = {}
     if args.wire_requests:
@@ -368,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--encoding", choices=("raw", "list"), default="raw")
     parser.add_argument("--compression", choices=("none", "gzip"), default="none")
+    parser.add_argument("--tls", action="store_true", help="over TLS, verifying the server")
+    parser.add_argument("--tls-ca", help="verify against this CA file (default: the system's)")
     parser.add_argument(
         "--client", choices=(LEAN, LIBRARY), default=LEAN, help="the users' client library"
     )

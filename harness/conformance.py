@@ -31,6 +31,7 @@ from wiremark.payloads.contract import (
 from wiremark.payloads.errors import WiremarkError
 
 from .clients import Client, connect
+from .tls import Trust
 
 PROBABILITY_TOLERANCE = 1e-6
 CONFIDENCE_TOLERANCE = 1e-6
@@ -140,9 +141,11 @@ def conform(
     models: Sequence[str],
     progress: Any = None,
     references: Mapping[str, Any] | None = None,
+    tls: Trust | None = None,
 ) -> list[Cell]:
     """Check every model on every target ({transport: host:port}) against the in-process
-    runners (`references`: {model: runner}; built here when not given)."""
+    runners (`references`: {model: runner}; built here when not given); over TLS, verifying
+    every server, with a `Trust`."""
     if references is None:
         from wiremark.servers.runner import build_all
 
@@ -151,7 +154,7 @@ def conform(
     for transport, address in targets.items():
         with ExitStack() as stack:
             try:
-                client = stack.enter_context(connect(transport, address, timeout=120))
+                client = stack.enter_context(connect(transport, address, timeout=120, tls=tls))
             except WiremarkError as exc:  # no server there: every model fails, nothing is sent
                 client, unreachable = None, f"{type(exc).__name__}: {exc}"
             for model in models:

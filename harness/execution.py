@@ -15,6 +15,7 @@ import numpy as np
 from .protocol import CellRequest, CellResult
 from .record import Measured, Reference, failed_cell, record
 from .scenario import CellSpec, Scenario
+from .tls import Trust
 
 OPEN_LOOP_MARGIN = 1.25  # open loop: time for 1.25x the minimum of requests at the rate
 
@@ -28,6 +29,7 @@ class Target:
     transport: str
     address: str
     pid: int | None  # None: a server this run did not start (no CPU or memory figures)
+    tls: Trust | None = None  # it serves TLS: clients verify it against this
 
 
 def split(total: int | float, parts: int) -> list[Any]:
@@ -75,6 +77,8 @@ def requests(
                 encoding=spec.encoding,
                 compression=spec.compression,
                 client=spec.client,
+                tls=target.tls is not None,
+                tls_ca=str(target.tls.ca) if target.tls and target.tls.ca else None,
                 rate=rates[i],
                 arrival=spec.arrival or "constant",
                 server_pid=target.pid if first and target.pid else None,

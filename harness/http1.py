@@ -20,6 +20,7 @@ the server goes once more on a new one (`Connection.exchange`).
 from __future__ import annotations
 
 import socket
+import ssl
 from dataclasses import dataclass, field
 
 import httptools
@@ -88,15 +89,30 @@ class Connection:
     returns the reply. Errors: OSError (refused, reset, timeout), ConnectionClosed, and
     httptools.HttpParserError for a malformed reply; the connection is dropped after any."""
 
-    def __init__(self, host: str, port: int, timeout: float = 30.0, block: int = 65536) -> None:
-        """`timeout` bounds connecting only (see `connect`)."""
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float = 30.0,
+        block: int = 65536,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """`timeout` bounds connecting only (see `connect`); `tls`: over TLS, the server
+        verified by this context (its certificate must name `host`)."""
         self.host, self.port, self.timeout, self.block = host, port, timeout, block
+        self.tls = tls
         self.sock: socket.socket | None = None
 
     def connect(self) -> None:
         self.close()
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            try:  # the handshake, within the connect timeout
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+            except BaseException:
+                sock.close()
+                raise
         # No timeout per read: under gevent each one arms a timer, about 30 us a call here.
         # A cell kills its users when its time is up, so a hung server cannot hang a cell;
         # its unanswered calls are missing replies (and dropped sends in open loop).

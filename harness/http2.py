@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import gzip as gzip_module
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
@@ -158,9 +159,18 @@ class Connection:
     block; the connection is dropped after any.
     """
 
-    def __init__(self, host: str, port: int, timeout: float = 30.0, block: int = 65536) -> None:
-        """`timeout` bounds connecting and the server's first SETTINGS."""
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float = 30.0,
+        block: int = 65536,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """`timeout` bounds connecting and the server's first SETTINGS; `tls`: over TLS,
+        the server verified by this context, which must offer ALPN "h2" (gRPC insists)."""
         self.host, self.port, self.timeout, self.block = host, port, timeout, block
+        self.tls = tls
         self.authority = f"{host}:{port}"
         self.sock: socket.socket | None = None
         self._reset_state()
@@ -189,6 +199,17 @@ class Connection:
         self._reset_state()
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            try:  # the handshake, within the connect timeout
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+                if sock.selected_alpn_protocol() != "h2":
+                    raise ProtocolError(
+                        f"{self.authority}: TLS without ALPN h2 "
+                        f"(the server chose {sock.selected_alpn_protocol()!r})"
+                    )
+            except BaseException:
+                sock.close()
+                raise
         self.sock = sock
         settings = struct.pack(
             ">HLHLHL",
@@ -221,7 +242,7 @@ class Connection:
         serialized `message`, gzip-compressed when `gzip`."""
         headers = [
             (":method", "POST"),
-            (":scheme", "http"),
+            (":scheme", "https" if self.tls is not None else "http"),
             (":path", path),
             (":authority", self.authority),
             ("content-type", "application/grpc"),

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
+from .tls import Certificates, Trust
+
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
@@ -33,6 +35,7 @@ class ServerProcess:
     cpus: str | None = None  # e.g. "0": pinned with taskset
     host: str = "127.0.0.1"
     port: int = 0
+    tls: Certificates | None = None  # serve TLS with this certificate
     proc: subprocess.Popen[str] | None = None
     log: list[str] = field(default_factory=list)
     _bound: threading.Event = field(default_factory=threading.Event)
@@ -44,6 +47,8 @@ class ServerProcess:
     def command(self) -> list[str]:
         argv = [*self.entry(), "--transport", self.transport]
         argv += ["--host", self.host, "--port", str(self.port), *self.args]
+        if self.tls is not None:
+            argv += self.tls.serve_args()
         return ["taskset", "-c", self.cpus, *argv] if self.cpus else argv
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
@@ -92,13 +97,19 @@ class ServerProcess:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def trust(self) -> Trust | None:
+        """What its clients verify it against (None: it serves plaintext)."""
+        return Trust(self.tls.ca) if self.tls is not None else None
+
     def healthy(self) -> bool:
         """True when the server says SERVING; False while it loads (its wire's check)."""
         from wiremark.payloads import transport as registry
 
         from .transports import driver
 
-        return driver(self.transport).healthy(self.address, registry.get(self.transport).codec)
+        codec = registry.get(self.transport).codec
+        return driver(self.transport).healthy(self.address, codec, self.trust)
 
     def wait_ready(self, timeout: float = 120.0) -> ServerProcess:
         deadline = time.monotonic() + timeout

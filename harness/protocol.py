@@ -33,6 +33,8 @@ class CellRequest:
     encoding: str = "raw"
     compression: str = "none"
     client: str = "lean"  # the load users' client library (transports.base.CLIENTS)
+    tls: bool = False  # over TLS, verifying the server's certificate ...
+    tls_ca: str | None = None  # ... against this CA file (None: the machine's CA store)
     rate: float = 0.0  # open loop when > 0
     arrival: str = "constant"
     max_wait: float = 1.0  # open loop: a send waiting longer for a connection is dropped
@@ -48,8 +50,11 @@ class CellRequest:
         for f in fields(self):
             value = getattr(self, f.name)
             given = f.name in ("transport", "address") or value != getattr(defaults, f.name)
-            if given and value is not None:
-                argv += [f"--{f.name.replace('_', '-')}", str(value)]
+            flag = f"--{f.name.replace('_', '-')}"
+            if isinstance(value, bool):
+                argv += [flag] if value else []
+            elif given and value is not None:
+                argv += [flag, str(value)]
         return ["taskset", "-c", cpus, *argv] if cpus else argv
 
     @classmethod

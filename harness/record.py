@@ -139,6 +139,7 @@ def identity(spec: CellSpec, trial: int, rate: float | None) -> dict[str, Any]:
         "batch": spec.batch,
         "encoding": spec.encoding,
         "compression": spec.compression,
+        "tls": spec.tls,
         "client": spec.client,
     }
 

@@ -14,6 +14,8 @@
                                         # on OIP transports, every model's tensors: binary
                                         # (raw) or JSON / typed contents (list)
     compression = ["none"]              # and/or "gzip"
+    tls = [false]                       # and/or true: over TLS (a throwaway CA from
+                                        # trustme, every client verifying the server)
     client = ["lean"]                   # the load users' client: "lean" (this project's
                                         # lean clients: the cell measures the server)
                                         # and/or "library" (grpcio, httpx: what a stock
@@ -67,10 +69,11 @@ class CellSpec:
     encoding: str
     compression: str
     client: str = LEAN
+    tls: bool = False
 
     @property
-    def workload(self) -> tuple[str, int, str, str]:
-        return (self.model, self.batch, self.encoding, self.compression)
+    def workload(self) -> tuple[str, int, str, str, bool]:
+        return (self.model, self.batch, self.encoding, self.compression, self.tls)
 
     def label(self, rate: float | None = None) -> str:
         """e.g. "mnist json open 750/s (50%) (list pixels)"; `rate`: the resolved rate."""
@@ -87,6 +90,8 @@ class CellSpec:
             extra.append(f"{self.encoding} tensors")
         if self.compression != "none":
             extra.append(self.compression)
+        if self.tls:
+            extra.append("TLS")
         if self.client != LEAN:
             extra.append(f"{self.client} client")
         return f"{self.model} {self.transport} {self.mode} {load}" + (
@@ -106,6 +111,7 @@ class Scenario:
     batch: list[int] = field(default_factory=lambda: [1])
     encodings: list[str] = field(default_factory=lambda: ["raw"])
     compression: list[str] = field(default_factory=lambda: ["none"])
+    tls: list[bool] = field(default_factory=lambda: [False])
     client: list[str] = field(default_factory=lambda: [LEAN])
     duration_s: float = 5.0
     max_duration_s: float = 20.0
@@ -134,6 +140,13 @@ class Scenario:
             need(isinstance(values, list) and bool(values), f"{key} must be a non-empty list")
             bad = [v for v in values if v not in allowed]
             need(not bad, f"unknown {key} {bad}: choose from {', '.join(allowed)}")
+        need(
+            isinstance(self.tls, list)
+            and bool(self.tls)
+            and all(isinstance(v, bool) for v in self.tls)
+            and len(set(self.tls)) == len(self.tls),
+            "tls must be [false], [true] or [false, true]",
+        )
         need(bool(self.concurrency or self.rate), "give concurrency, rate, or both")
         need(
             all(isinstance(c, int) and c >= 1 for c in self.concurrency),
@@ -163,27 +176,31 @@ class Scenario:
         one of them."""
         for model in self.models:
             digits = MODEL_FAMILIES[model] is Family.DIGITS
-            for batch, encoding, compression in itertools.product(
-                self.batch, self.encodings, self.compression
+            for batch, encoding, compression, tls in itertools.product(
+                self.batch, self.encodings, self.compression, self.tls
             ):
                 workload = (batch, encoding, compression)
                 # an encoding other than raw means something only for MNIST's pixels and on
                 # transports with tensor encodings (the Open Inference Protocol's JSON tensors)
-                # (and a peer's transport only for the models and encodings it serves)
+                # (and a peer's transport only for the models and encodings it serves, and
+                # over TLS only where its server serves TLS)
                 chosen = [
                     t.name
                     for t in map(transports.get, self.transports)
                     if (digits or encoding == "raw" or t.tensor_encodings)
                     and t.serves(model)
                     and encoding in t.encodings
+                    and (t.tls or not tls)
                 ]
                 for users in self.concurrency:
                     for client, t in itertools.product(self.client, chosen):
-                        yield CellSpec(model, t, "closed", users, None, None, *workload, client)
+                        yield CellSpec(
+                            model, t, "closed", users, None, None, *workload, client, tls
+                        )
                 for rate in self.rate:
                     for client, t in itertools.product(self.client, chosen):
                         load = (self.connections, rate, self.arrival)
-                        yield CellSpec(model, t, "open", *load, *workload, client)
+                        yield CellSpec(model, t, "open", *load, *workload, client, tls)
 
 
 def has_tensor_encodings(transport: str) -> bool:
@@ -245,6 +262,7 @@ def parse(doc: dict[str, Any], default_name: str = "custom", origin: str = "scen
         "batch",
         "encodings",
         "compression",
+        "tls",
         "client",
     ):
         if key in values and not isinstance(values[key], list):

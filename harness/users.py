@@ -33,6 +33,8 @@ from wiremark.payloads.contract import MODEL_FAMILIES, Batch, Family, PixelEncod
 from wiremark.payloads.transport import BodyCodec
 from wiremark.reports.records import LEAN
 
+from .tls import Trust
+
 
 class Workload:
     """What every user sends: one model, one batch, one pixel encoding, prepared once."""
@@ -65,6 +67,7 @@ class TransportUser(User):
     transport: ClassVar[str]
     codec: ClassVar[BodyCodec]
     address: ClassVar[str] = "127.0.0.1:0"
+    tls: ClassVar[Trust | None] = None  # over TLS, verifying the server against this
     workload: ClassVar[Workload] = Workload()
 
     @property
@@ -107,10 +110,15 @@ class TransportUser(User):
 
 
 def user_class(
-    transport: str, address: str, workload: Workload, client: str = LEAN
+    transport: str,
+    address: str,
+    workload: Workload,
+    client: str = LEAN,
+    tls: Trust | None = None,
 ) -> type[TransportUser]:
     """A concrete user class for one target (Locust instantiates classes, not objects), on
-    the Locust user of the transport's wire for the `client` library (`base.CLIENTS`)."""
+    the Locust user of the transport's wire for the `client` library (`base.CLIENTS`), over
+    TLS when given a `Trust`."""
     from wiremark.payloads import transport as transports
 
     from .transports import for_wire
@@ -120,6 +128,7 @@ def user_class(
     attrs: dict[str, Any] = {
         "abstract": False,
         "address": address,
+        "tls": tls,
         "workload": workload,
         "transport": descriptor.name,
         "codec": descriptor.codec,

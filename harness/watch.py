@@ -67,7 +67,7 @@ class Watch:
             return
         self.procs[key] = new
         pid = new.proc.pid if new.proc else None
-        self.targets[key] = Target(self.targets[key].transport, new.address, pid)
+        self.targets[key] = Target(self.targets[key].transport, new.address, pid, new.trust)
         self.say(f"wiremark: the {new.transport} server is back on {new.address}")
 
 

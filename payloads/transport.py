@@ -319,6 +319,8 @@ class Transport:
     peer: str = ""
     # the encodings its server accepts (MLServer's REST has no binary tensor extension)
     encodings: tuple[str, ...] = ("raw", "list")
+    # its server kind serves TLS (`--tls-cert`): scenarios' `tls = [true]` cells run on it
+    tls: bool = True
 
     def serves(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -390,6 +392,7 @@ register(
         models=("iris_rf",),
         peer=MLSERVER,
         encodings=("list",),
+        tls=False,  # the peer runs as its defaults have it: plaintext
     )
 )
 register(
@@ -404,6 +407,7 @@ register(
         tensor_encodings=True,
         models=("iris_rf",),
         peer=MLSERVER,
+        tls=False,
     )
 )
 

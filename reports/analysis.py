@@ -86,29 +86,36 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def variant_key(batch: Any, encoding: Any, compression: Any, model: Any = None) -> str:
-    """The payload variant of a cell as one key, "BATCH|ENCODING|COMPRESSION": the batch as
-    written, the pixel encoding where the model has one, a tensor encoding other than raw
+def variant_key(
+    batch: Any, encoding: Any, compression: Any, model: Any = None, tls: Any = False
+) -> str:
+    """The payload variant of a cell as one key, "BATCH|ENCODING|COMPRESSION|TLS": the batch
+    as written, the pixel encoding where the model has one, a tensor encoding other than raw
     where it has none (the Open Inference Protocol's JSON tensors: "list tensors"), the
-    compression unless "none"."""
+    compression unless "none", "tls" over TLS. A key without TLS ends at its compression,
+    as keys did before TLS."""
     text = _text(encoding) if encoding else ""
     if model is not None and model not in PIXEL_MODELS:
         text = f"{text} {TENSORS}" if text and text != "raw" else ""
-    parts = (
+    parts = [
         fmt_key(batch) if is_num(batch) else "",
         text,
         _text(compression) if compression and compression != "none" else "",
-    )
+    ]
+    if _flag(tls, False):
+        parts.append(TLS)
     return "|".join(parts)
 
 
 TENSORS = "tensors"  # how a non-pixel model's encoding reads in a variant key
+TLS = "tls"  # a variant key's fourth part, over TLS
 
 
-def variant_parts(key: str) -> tuple[str, str, str]:
-    """A `variant_key` taken apart: (batch, encoding, compression), "" where absent."""
-    parts = [*str(key).split("|"), "", "", ""][:3]
-    return parts[0], parts[1], parts[2]
+def variant_parts(key: str) -> tuple[str, str, str, bool]:
+    """A `variant_key` taken apart: (batch, encoding, compression, over TLS), "" where
+    absent."""
+    parts = [*str(key).split("|"), "", "", "", ""][:4]
+    return parts[0], parts[1], parts[2], parts[3] == TLS
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,11 +259,12 @@ def _reasons(value: Any) -> list[str]:
 
 
 def _variants(df: pd.DataFrame) -> pd.Series:
+    tls = df["tls"] if "tls" in df else [False] * len(df)
     return pd.Series(
         [
-            variant_key(b, e, c, m)
-            for b, e, c, m in zip(
-                df["batch"], df["encoding"], df["compression"], df["model"], strict=True
+            variant_key(b, e, c, m, t)
+            for b, e, c, m, t in zip(
+                df["batch"], df["encoding"], df["compression"], df["model"], tls, strict=True
             )
         ],
         index=df.index,
@@ -295,6 +303,7 @@ def cells_frame(runs: Sequence[records.Run]) -> pd.DataFrame:
     df["client_bound"] = pd.Series(
         [_flag(v, False) for v in df["client_bound"]], index=df.index, dtype=bool
     )
+    df["tls"] = pd.Series([_flag(v, False) for v in df["tls"]], index=df.index, dtype=bool)
     df["invalid_reasons"] = pd.Series(
         [_reasons(v) for v in df["invalid_reasons"]], index=df.index, dtype=object
     )
@@ -877,6 +886,85 @@ def client_costs(med: pd.DataFrame, run_index: int, run: str) -> ClientCosts:
         if is_num(ratio):
             ratios.setdefault(str(transport), []).append(ratio)
     out.library_over_lean = {t: float(np.median(v)) for t, v in ratios.items()}
+    return out
+
+
+@dataclass
+class TlsCostRow:
+    """One closed-loop cell measured both ways: plaintext and over TLS."""
+
+    model: str
+    variant: str  # the payload variant without TLS
+    concurrency: float
+    transport: str
+    client: str
+    p50_ms: tuple[float, float]  # plaintext, TLS
+    server_cpu_ms: tuple[float, float]
+    client_cpu_ms: tuple[float, float]
+    wire_bytes: tuple[float, float]  # up and down per request
+
+    @property
+    def p50_ratio(self) -> float:
+        return _ratio(self.p50_ms[1], self.p50_ms[0])
+
+    @property
+    def server_cpu_added_ms(self) -> float:
+        plain, tls = self.server_cpu_ms
+        return tls - plain if is_num(plain) and is_num(tls) else math.nan
+
+
+@dataclass
+class TlsCosts:
+    run: str
+    rows: list[TlsCostRow] = field(default_factory=list)
+    measured: bool = False  # the run has TLS cells at all
+    # per transport, medians over its rows: TLS p50 / plaintext p50, server CPU added
+    p50_ratio: dict[str, float] = field(default_factory=dict)
+    server_cpu_added_ms: dict[str, float] = field(default_factory=dict)
+
+
+def tls_costs(med: pd.DataFrame, run_index: int, run: str) -> TlsCosts:
+    """What TLS costs per transport: every valid closed-loop cell of a run that was measured
+    both plaintext and over TLS (same model, payload, users, transport and client), side by
+    side, and per transport the median p50 ratio and server CPU added per request."""
+    mine = med[med["run_index"] == run_index]
+    out = TlsCosts(run, measured=bool(mine["tls"].any()) if "tls" in mine else False)
+    closed = mine[(mine["mode"] == "closed") & mine["valid"]]
+    if closed.empty or not out.measured:
+        return out
+    ratios: dict[str, list[float]] = {}
+    added: dict[str, list[float]] = {}
+    keys = ["model", "batch", "encoding", "compression", "concurrency", "transport", "client"]
+    for _, group in closed.groupby(keys, dropna=False, sort=False):
+        by = {bool(r["tls"]): r for _, r in group.iterrows()}
+        if set(by) != {False, True}:
+            continue
+        plain, tls = by[False], by[True]
+
+        def pair(col: str, a: Any = plain, b: Any = tls) -> tuple[float, float]:
+            return float(a[col]), float(b[col])
+
+        row = TlsCostRow(
+            model=str(plain["model"]),
+            variant=str(plain["variant"]),
+            concurrency=float(plain["concurrency"]),
+            transport=str(plain["transport"]),
+            client=str(plain["client"]),
+            p50_ms=pair("p50_ms"),
+            server_cpu_ms=pair("server_cpu_ms"),
+            client_cpu_ms=pair("client_cpu_ms"),
+            wire_bytes=(
+                float(plain["wire_up_bytes"]) + float(plain["wire_down_bytes"]),
+                float(tls["wire_up_bytes"]) + float(tls["wire_down_bytes"]),
+            ),
+        )
+        out.rows.append(row)
+        if is_num(row.p50_ratio):
+            ratios.setdefault(row.transport, []).append(row.p50_ratio)
+        if is_num(row.server_cpu_added_ms):
+            added.setdefault(row.transport, []).append(row.server_cpu_added_ms)
+    out.p50_ratio = {t: float(np.median(v)) for t, v in ratios.items()}
+    out.server_cpu_added_ms = {t: float(np.median(v)) for t, v in added.items()}
     return out
 
 

@@ -2,9 +2,9 @@
 
 `DIR/results.json` is one JSON object, rewritten whole (atomically) after every cell, so an
 interrupted run keeps every cell it finished; `DIR/results.csv` holds the same cells, one
-row each. Fields (schema_version 4; `load` reads 1 to 4):
+row each. Fields (schema_version 5; `load` reads 1 to 5):
 
-    schema_version   4
+    schema_version   5
     wiremark         the wiremark version that wrote the file
     run_id           e.g. "20261122T103800Z-3f5060c"
     started, finished  ISO-8601 UTC; finished is null while the run is going (or was cut)
@@ -46,6 +46,8 @@ A cell (None where not measured):
     concurrency      closed loop: users; open loop: the most requests in flight allowed
     rate, arrival    open loop: target requests/s and "constant" or "poisson"
     batch, encoding, compression   instances per request, "raw"/"list" pixels, "none"/"gzip"
+    tls              true: over TLS, the client verifying the server's certificate. Schemas
+                     1 to 4 had no such field: `load` fills in false.
     client           the load users' client library: LEAN or LIBRARY. Schemas 1 and 2 had
                      no such field: `load` fills it in (`legacy_client`).
     duration_s       the measured window (warm-up excluded)
@@ -96,8 +98,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 4
-READABLE_SCHEMAS = (1, 2, 3, 4)  # the schema versions `load` reads
+SCHEMA_VERSION = 5
+READABLE_SCHEMAS = (1, 2, 3, 4, 5)  # the schema versions `load` reads
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 
@@ -176,6 +178,7 @@ CELL_KEY = (
     "batch",
     "encoding",
     "compression",
+    "tls",
     "client",
 )
 
@@ -347,7 +350,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def load(path: str | Path) -> Run:
-    """Read one result file (or a directory holding `results.json`), of schema 1 to 4.
+    """Read one result file (or a directory holding `results.json`), of schema 1 to 5.
 
     A schema-1 file is brought up to schema 2 as it is read: every cell gets its
     `transport_tax_ms` (`transport_tax`), and the run its "transports" (LEGACY_TRANSPORTS)
@@ -388,6 +391,9 @@ def load(path: str | Path) -> Run:
         for cell in cells:
             if isinstance(cell, dict) and "client" not in cell:
                 cell["client"] = legacy_client(wires.get(cell.get("transport")))
+    for cell in cells:  # schemas 1-4 had no `tls`: plaintext, as every cell was then
+        if isinstance(cell, dict) and cell.get("tls") is None:
+            cell["tls"] = False
     return Run(path, doc, cells)
 
 

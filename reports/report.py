@@ -314,6 +314,32 @@ def _client_costs_table(c: an.ClientCosts, tr: an.Transports) -> Table | None:
     return table
 
 
+def _tls_costs_table(c: an.TlsCosts, tr: an.Transports) -> Table | None:
+    from wiremark.reports import wording as w
+
+    if not c.rows:
+        return None
+    headers = [_h("model"), _h("payload"), _h("users", True), _h("transport"), _h("client")]
+    headers += [_h("p50 ms, plain", True), _h("p50 ms, TLS", True), _h("p50 TLS ÷ plain", True)]
+    headers += [_h("server CPU ms/req, plain", True), _h("server CPU ms/req, TLS", True)]
+    headers += [_h("client CPU ms/req, plain", True), _h("client CPU ms/req, TLS", True)]
+    headers += [_h("wire bytes/req, plain", True), _h("wire bytes/req, TLS", True)]
+    table = Table(headers)
+    for row in c.rows:
+        cells = [
+            Cell(row.model),
+            Cell(w.variant(row.variant)),
+            _n(w.fmt_key(row.concurrency)),
+            Cell(tr.label(row.transport)),
+            Cell(row.client),
+        ]
+        cells += [_n(w.fmt_num(v)) for v in row.p50_ms] + [_n(w.fmt_ratio(row.p50_ratio))]
+        cells += [_n(w.fmt_num(v)) for v in (*row.server_cpu_ms, *row.client_cpu_ms)]
+        cells += [_n(w.fmt_num(v)) for v in row.wire_bytes]
+        table.rows.append(cells)
+    return table
+
+
 def _comparison_table(comp: an.Comparison, tr: an.Transports) -> Table:
     from wiremark.reports import analysis as an
     from wiremark.reports import wording as w
@@ -558,6 +584,16 @@ def build_html(runs: Sequence[records.Run]) -> str:
         for c in (an.client_costs(valid_med, i, name) for i, name in enumerate(names))
     ]
 
+    tls_costs = [
+        {
+            "run": heading[name],
+            "summary": w.tls_costs_summary(c, tr),
+            "table": _tls_costs_table(c, tr),
+        }
+        for c in (an.tls_costs(valid_med, i, name) for i, name in enumerate(names))
+        if c.measured
+    ]
+
     comparison = None
     if multi:
         comp = an.comparison(med, names, an.judgements(runs))
@@ -584,6 +620,7 @@ def build_html(runs: Sequence[records.Run]) -> str:
         "verdict_groups": verdict_groups,
         "claims": claims,
         "client_costs": client_costs,
+        "tls_costs": tls_costs,
         "comparison": comparison,
         "plots": plots.all_plots(df, names, tr),
         "conformance": [

@@ -94,6 +94,7 @@ svg.plot { display: block; max-width: 100%; height: auto; }
 <nav>
 <a href="#verdict">Verdict</a><a href="#claim">7–10× claim</a>
 <a href="#clients">Client cost</a>
+{% if tls_costs %}<a href="#tls">TLS cost</a>{% endif %}
 {% if comparison %}<a href="#comparison">Comparison</a>{% endif %}
 <a href="#plots">Plots</a><a href="#conformance">Conformance</a>
 <a href="#validity">Validity ({{ validity.count }})</a><a href="#cells">All cells</a>
@@ -150,6 +151,21 @@ pays per call, and so what a caller of this service would spend.</p>
 {% if c.table %}{{ table(c.table) }}{% endif %}
 {% endfor %}
 </section>
+
+{% if tls_costs %}
+<section id="tls">
+<h2>What TLS costs</h2>
+<p class="muted">Each closed-loop cell measured plaintext and over TLS (same model, payload,
+users, transport and client; valid cells, medians across trials), every client verifying
+the server's certificate. Wire bytes are per request on a kept-alive connection, TLS
+records included; the handshake, once per connection, is not in them.</p>
+{% for c in tls_costs %}
+{% if multi %}<h3>{{ c.run }}</h3>{% endif %}
+<p class="answer">{{ c.summary }}</p>
+{% if c.table %}{{ table(c.table) }}{% endif %}
+{% endfor %}
+</section>
+{% endif %}
 
 {% if comparison %}
 <section id="comparison">

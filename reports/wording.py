@@ -91,7 +91,7 @@ def within() -> str:
 
 def variant(key: Any) -> str:
     """A payload `variant_key` in words: "batch 1" or, for MNIST, "batch 1, raw pixels"."""
-    batch, encoding, compression = an.variant_parts(str(key))
+    batch, encoding, compression, tls = an.variant_parts(str(key))
     parts = []
     if batch:
         parts.append(f"batch {batch}")
@@ -99,6 +99,8 @@ def variant(key: Any) -> str:
         parts.append(encoding if " " in encoding else f"{encoding} pixels")
     if compression and compression != "none":
         parts.append(f"{compression} compression")
+    if tls:
+        parts.append("over TLS")
     return ", ".join(parts) or "default payload"
 
 
@@ -215,6 +217,30 @@ def client_costs_summary(c: an.ClientCosts, tr: an.Transports) -> str:
         "Client CPU per request of the stock client library against the lean client "
         "(median over cells): " + ", ".join(parts) + "."
     )
+
+
+def tls_costs_summary(c: an.TlsCosts, tr: an.Transports) -> str:
+    """One sentence on what TLS costs each transport ("" where the run has no TLS cells)."""
+    if not c.measured:
+        return ""
+    if not c.rows:
+        return (
+            "No valid closed-loop cell was measured both plaintext and over TLS: give "
+            "tls = [false, true] to compare them."
+        )
+    parts = [
+        f"{tr.label(t)} p50 {fmt_ratio(r)}, server CPU "
+        f"{fmt_signed(c.server_cpu_added_ms.get(t))} ms/req"
+        for t, r in sorted(c.p50_ratio.items(), key=lambda kv: tr.rank(kv[0]))
+    ]
+    return "Over TLS against plaintext (median over cells): " + "; ".join(parts) + "."
+
+
+def fmt_signed(value: Any) -> str:
+    """+0.031 / -0.002: a change with its sign, "n/a" where not measured."""
+    if not is_num(value):
+        return "n/a"
+    return f"{float(value):+.3f}"
 
 
 def against_baseline(v: an.Verdict, tr: an.Transports) -> str:

@@ -36,7 +36,7 @@ from wiremark.payloads.contract import (
 )
 from wiremark.payloads.transport import WIRE_GRPC, WIRE_HTTP1, WIRES
 
-from .grpc_server import GRPC_MODES, bind_insecure, new_server
+from .grpc_server import GRPC_MODES, bind_port, new_server
 from .http_server import uvicorn_config
 from .serve import bind_socket
 
@@ -65,7 +65,7 @@ def _grpc_server(mode: str) -> tuple[Any, Any]:
 
 
 def _bind(server: Any, host: str, port: int) -> int:
-    bound = bind_insecure(server, host, port)
+    bound = bind_port(server, host, port)
     log.info("listening on %s:%d (echo %s)", host, bound, WIRE_GRPC)
     return bound
 

@@ -52,7 +52,7 @@ from .runner import Runner
 from .service import ModelService
 
 if TYPE_CHECKING:
-    from .serve import ServeOptions
+    from .serve import ServeOptions, TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,16 @@ def new_server(
     return server, servicer
 
 
-def bind_insecure(server: Any, host: str, port: int) -> int:
-    """Bind host:port (port 0 picks one) and return the port bound."""
+def bind_port(server: Any, host: str, port: int, tls: TlsFiles | None = None) -> int:
+    """Bind host:port (port 0 picks one), with TLS when given its files, and return the
+    port bound."""
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = int(server.add_insecure_port(address))
+        if tls is None:
+            bound = int(server.add_insecure_port(address))
+        else:
+            credentials = grpc.ssl_server_credentials([tls.pem()])
+            bound = int(server.add_secure_port(address, credentials))
     except RuntimeError:  # grpcio's "Failed to bind": the port is taken, or no such address
         bound = 0
     if bound == 0:
@@ -294,6 +299,7 @@ class GrpcServer:
         mode: str = GRPC_MODES[0],
         threads: int = DEFAULT_THREADS,
         reuse_port: bool = False,
+        tls: TlsFiles | None = None,
     ) -> None:
         if mode not in GRPC_MODES:
             raise ValueError(f"unknown gRPC mode {mode!r}: choose {' or '.join(GRPC_MODES)}")
@@ -305,6 +311,7 @@ class GrpcServer:
             threads,
         )
         self.reuse_port = reuse_port
+        self.tls = tls
         self.server: Any = None
         self.health: Any = None
         self.services: tuple[str, ...] = ()
@@ -327,7 +334,7 @@ class GrpcServer:
         reflection.enable_server_reflection(reflected, self.server)
 
     def bind(self) -> int:
-        self.port = bind_insecure(self.server, self.host, self.port)
+        self.port = bind_port(self.server, self.host, self.port, self.tls)
         return self.port
 
     def set_serving(self, serving: bool) -> list[Any]:
@@ -390,7 +397,12 @@ class GrpcServer:
 def run(service: ModelService, options: ServeOptions, on_bound: Callable[[int], None]) -> None:
     """The "grpcio" server kind: `wiremark serve` for every transport it serves."""
     server = GrpcServer(
-        service, options.host, options.port, options.grpc_mode, reuse_port=options.reuse_port
+        service,
+        options.host,
+        options.port,
+        options.grpc_mode,
+        reuse_port=options.reuse_port,
+        tls=options.tls,
     )
     if options.grpc_mode == "aio":
         asyncio.run(server.run_aio(on_bound, options.grace_s))
@@ -405,4 +417,6 @@ def describe(options: ServeOptions) -> str:
     else:
         flavour = f"grpcio thread-pool server ({DEFAULT_THREADS} threads)"
     apis = ", ".join(dict.fromkeys(t.api for t in transports.served_by(SERVER_KIND)))
+    if options.tls:
+        flavour += ", TLS (grpcio's BoringSSL)"
     return f"{flavour}, protobuf, pass-through serializers (parse, serialize timed); APIs: {apis}"

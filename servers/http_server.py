@@ -63,7 +63,7 @@ from .runner import Runner
 from .service import ModelService
 
 if TYPE_CHECKING:
-    from .serve import ServeOptions
+    from .serve import ServeOptions, TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -513,11 +513,15 @@ def is_prediction(path: str) -> bool:
 
 
 def uvicorn_config(
-    app: Any, access_log: bool, grace_s: float, header_idle_s: float = DEFAULT_BODY_IDLE_S
+    app: Any,
+    access_log: bool,
+    grace_s: float,
+    header_idle_s: float = DEFAULT_BODY_IDLE_S,
+    tls: TlsFiles | None = None,
 ) -> Any:
     """The uvicorn settings of every HTTP server here (the model server and the echo in
     `wiremark overhead`): uvloop, httptools with an idle limit on request headers
-    (`servers/slow_headers.py`), no access log unless asked."""
+    (`servers/slow_headers.py`), no access log unless asked, TLS when given files."""
     import uvicorn
 
     from .slow_headers import protocol
@@ -530,6 +534,8 @@ def uvicorn_config(
         log_level="info" if access_log else "warning",
         timeout_graceful_shutdown=int(grace_s),
         lifespan="on",
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
     )
 
 
@@ -561,6 +567,7 @@ def run(service: ModelService, options: ServeOptions, on_bound: Callable[[int], 
         options.access_log,
         options.grace_s,
         service.config.body_idle_s,
+        options.tls,
     )
     server = _GracefulServer(config)
     server.run(sockets=[sock])
@@ -570,4 +577,5 @@ def describe(options: ServeOptions) -> str:
     """How this kind runs, in words, from the settings it runs with (recorded in results)."""
     medias = ", ".join(dict.fromkeys(c.media_type for c in media_codecs().values()))
     log_text = "access log on" if options.access_log else "no access log"
-    return f"FastAPI on uvicorn (uvloop, httptools, {log_text}); bodies: {medias}"
+    tls = ", TLS (Python's ssl)" if options.tls else ""
+    return f"FastAPI on uvicorn (uvloop, httptools, {log_text}{tls}); bodies: {medias}"

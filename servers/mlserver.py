@@ -55,6 +55,8 @@ def run(service: ModelService, options: ServeOptions, on_bound: Callable[[int], 
     (--max-batch, ...) do not apply: MLServer runs with its own defaults, as written above."""
     from wiremark.payloads import transport as registry
 
+    if options.tls is not None:
+        raise ValueError(f"{options.transport}: the MLServer peer is run without TLS here")
     rest = registry.get(options.transport).wire == registry.WIRE_HTTP1
     port_rest, port_grpc = free_ports(
         options.host, options.port if rest else 0, 0 if rest else options.port

@@ -14,6 +14,7 @@ import importlib
 import logging
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -39,7 +40,32 @@ class ServeOptions:
     access_log: bool = False
     grace_s: float = 10.0
     reuse_port: bool = False
+    tls: TlsFiles | None = None  # serve TLS with this certificate (chain) and key
     service: ServiceConfig = field(default_factory=ServiceConfig)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server's certificate chain and private key, PEM files (`--tls-cert`, `--tls-key`)."""
+
+    cert: str
+    key: str
+
+    def check(self) -> TlsFiles:
+        """Load them once before binding: a ValueError naming what will not load."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"TLS certificate {self.cert} and key {self.key} will not load: {exc}"
+            ) from None
+        return self
+
+    def pem(self) -> tuple[bytes, bytes]:
+        """(private key, certificate chain) as bytes, as grpcio takes them."""
+        with open(self.key, "rb") as key, open(self.cert, "rb") as cert:
+            return key.read(), cert.read()
 
 
 def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -102,6 +128,8 @@ def server_kind(transport: str) -> ServerKind:
 
 def serve(options: ServeOptions) -> int:
     kind = server_kind(options.transport)
+    if options.tls is not None:
+        options.tls.check()
     if options.workers > 1:
         return supervise(options)
     service = ModelService(options.service)
@@ -170,6 +198,8 @@ def worker_argv(options: ServeOptions, port: int) -> list[str]:
     ]
     if options.access_log:
         argv.append("--access-log")
+    if options.tls is not None:
+        argv += ["--tls-cert", options.tls.cert, "--tls-key", options.tls.key]
     for name, model in s.serve_as:
         argv += ["--serve-as", f"{name}={model}"]
     return argv

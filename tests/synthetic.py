@@ -3,8 +3,9 @@
 The figures are plausible, not measured: latency grows with concurrency and payload, gRPC
 is a little faster than MessagePack, which is a little faster than JSON. `slowdown` scales
 every latency (and divides throughput), as a regression would; `noise` is the relative
-spread between trials. The files are schema 4, as `bench` writes them for a plain run (no
-arm or block): the run's `transports`, and `transport_tax_ms` and `client` in every cell.
+spread between trials. The files are of the current schema, as `bench` writes them for a
+plain run (no arm or block): the run's `transports`, and `transport_tax_ms`, `client` and
+`tls` (false) in every cell.
 `clients` names the load users' client libraries; a library client costs more client CPU
 per request (LIBRARY_CPU) than the lean one.
 """
@@ -76,6 +77,7 @@ def cell(
         "batch": 1,
         "encoding": "raw",
         "compression": "none",
+        "tls": False,
         "client": client,
         "duration_s": 5.0,
         "requests": int(rps * 5),

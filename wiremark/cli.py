@@ -126,6 +126,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         metavar="NAME=MODEL",
         help="serve MODEL under NAME: a deliberately wrong model, to test conformance checks",
     )
+    p.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="serve TLS with this certificate chain (leaf first); needs --tls-key",
+    )
+    p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(run=run_serve)
 
@@ -135,9 +141,11 @@ def run_serve(args: argparse.Namespace) -> int:
     # server); the process being measured does without it.
     if "pandas" not in sys.modules:
         sys.meta_path.insert(0, _KeepOut("pandas"))
-    from wiremark.servers.serve import ServeOptions, serve
+    from wiremark.servers.serve import ServeOptions, TlsFiles, serve
     from wiremark.servers.service import ServiceConfig
 
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together: give both, or neither")
     options = ServeOptions(
         transport=args.transport,
         host=args.host,
@@ -147,6 +155,7 @@ def run_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         grace_s=args.grace,
         reuse_port=args.reuse_port,
+        tls=TlsFiles(args.tls_cert, args.tls_key) if args.tls_cert else None,
         service=ServiceConfig(
             models=args.models,
             device=args.device,

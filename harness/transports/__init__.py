@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from wiremark.payloads import transport as registry
 
+from ..tls import Trust
 from .base import CONNECT_TIMEOUT, Client, Driver, Reply, ToolSample
 from .grpc_wire import GrpcDriver
 from .http_wire import HttpDriver
@@ -74,10 +75,13 @@ def incomplete(transport: registry.Transport) -> list[str]:
     return problems
 
 
-def connect(transport: str, address: str, timeout: float = 30.0) -> Client:
-    """A client of `transport` at `address`; raises `payloads.errors` only."""
+def connect(
+    transport: str, address: str, timeout: float = 30.0, tls: Trust | None = None
+) -> Client:
+    """A client of `transport` at `address` (over TLS, verifying, with a `Trust`); raises
+    `payloads.errors` only."""
     descriptor = registry.get(transport)
-    return for_wire(descriptor.wire).client(descriptor, address, timeout)
+    return for_wire(descriptor.wire).client(descriptor, address, timeout, tls)
 
 
 __all__ = [

@@ -4,6 +4,8 @@ A driver serves every transport of its wire (`payloads.transport.WIRES`): the tr
 codec says what the bodies are; the driver says how they travel. It gives:
 
 - `client(...)`: a `Client` for conformance and metadata, raising `payloads.errors` only;
+  with a `tls.Trust`, over TLS, verifying the server's certificate (as every user does,
+  given the class attribute `tls`);
 - `user_base(client)`: the Locust user class of the wire for one of `CLIENTS` (imported
   lazily: Locust patches the process for gevent, which only a load-generator process may
   have), and `clients`: how each of them runs, in words, recorded in the results;
@@ -23,6 +25,8 @@ from wiremark.payloads.contract import MODEL_FAMILIES, Batch, Family, PixelEncod
 from wiremark.payloads.transport import Transport
 from wiremark.reports.records import LEAN, LIBRARY
 
+from ..tls import Trust
+
 CONNECT_TIMEOUT = 10.0  # the most seconds to wait for a server to answer at all
 
 # The client libraries a load user can be built on (a scenario's `client` dimension), as
@@ -40,14 +44,17 @@ class Reply:
 
 
 class Client(ABC):
-    """One connection to one server of one transport."""
+    """One connection to one server of one transport (over TLS when given a `Trust`)."""
 
-    def __init__(self, transport: Transport, address: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, transport: Transport, address: str, timeout: float = 30.0, tls: Trust | None = None
+    ) -> None:
         self.descriptor = transport
         self.transport = transport.name
         self.codec = transport.codec
         self.address = address
         self.timeout = timeout
+        self.tls = tls
 
     def predict(
         self,
@@ -97,7 +104,9 @@ class Driver(ABC):
     clients: ClassVar[dict[str, str]]  # each of CLIENTS: how its users run, in words
 
     @abstractmethod
-    def client(self, transport: Transport, address: str, timeout: float = 30.0) -> Client: ...
+    def client(
+        self, transport: Transport, address: str, timeout: float = 30.0, tls: Trust | None = None
+    ) -> Client: ...
 
     @abstractmethod
     def user_base(self, client: str = LEAN) -> type[Any]:
@@ -105,9 +114,10 @@ class Driver(ABC):
         `harness.users.TransportUser`)."""
 
     @abstractmethod
-    def healthy(self, address: str, codec: Any = None) -> bool:
+    def healthy(self, address: str, codec: Any = None, tls: Trust | None = None) -> bool:
         """True when the server says SERVING; False while it loads or does not answer. With
-        a codec that has its API's own check (`payloads.transport.health_call`), that one."""
+        a codec that has its API's own check (`payloads.transport.health_call`), that one;
+        with a `Trust`, over TLS."""
 
     @abstractmethod
     def send(

@@ -27,16 +27,26 @@ from wiremark.payloads.contract import GRPC_ECHO_PATH, SERVER_TIMING, Family
 from wiremark.payloads.timing import parse_server_timing
 from wiremark.payloads.transport import WIRE_GRPC, Transport, health_call
 
+from ..tls import Trust
 from .base import CONNECT_TIMEOUT, LEAN, LIBRARY, Client, Driver, ToolSample
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
 
 
+def channel(address: str, tls: Trust | None, **kwargs: Any) -> grpc.Channel:
+    """A grpcio channel to `address`, over TLS verifying the server when given a `Trust`."""
+    if tls is None:
+        return grpc.insecure_channel(address, **kwargs)
+    return grpc.secure_channel(address, tls.grpc_credentials(), **kwargs)  # type: ignore[arg-type]
+
+
 class GrpcClient(Client):
-    def __init__(self, transport: Transport, address: str, timeout: float = 30.0) -> None:
-        super().__init__(transport, address, timeout)
+    def __init__(
+        self, transport: Transport, address: str, timeout: float = 30.0, tls: Trust | None = None
+    ) -> None:
+        super().__init__(transport, address, timeout, tls)
         wait = min(timeout, CONNECT_TIMEOUT)
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = channel(address, tls, options=CHANNEL_OPTIONS)
         try:
             grpc.channel_ready_future(self.channel).result(timeout=wait)
         except grpc.FutureTimeoutError:
@@ -86,7 +96,8 @@ def _lean_user() -> type[Any]:
         def on_start(self) -> None:
             w = self.workload
             host, port = self.address.rsplit(":", 1)
-            self.conn = Connection(host, int(port), timeout=30)
+            tls = self.tls.ssl_context(alpn=("h2",)) if self.tls else None
+            self.conn = Connection(host, int(port), timeout=30, tls=tls)
             self.conn.connect()  # ready before timing, as a grpcio channel is
             family = self.family
             body = self.codec.encode_request(family, w.model, w.batch, w.encoding)
@@ -120,8 +131,8 @@ def _library_user() -> type[Any]:
         def on_start(self) -> None:
             w = self.workload
             compression = grpc.Compression.Gzip if w.compression == "gzip" else None
-            self.channel = grpc.insecure_channel(
-                self.address, options=CHANNEL_OPTIONS, compression=compression
+            self.channel = channel(
+                self.address, self.tls, options=CHANNEL_OPTIONS, compression=compression
             )
             grpc.channel_ready_future(self.channel).result(timeout=30)
             family = self.family
@@ -153,24 +164,26 @@ class GrpcDriver(Driver):
         LIBRARY: "grpcio patched for gevent, one channel per user, ready before timing",
     }
 
-    def client(self, transport: Transport, address: str, timeout: float = 30.0) -> Client:
-        return GrpcClient(transport, address, timeout)
+    def client(
+        self, transport: Transport, address: str, timeout: float = 30.0, tls: Trust | None = None
+    ) -> Client:
+        return GrpcClient(transport, address, timeout, tls)
 
     def user_base(self, client: str = LEAN) -> type[Any]:
         return _lean_user() if client == LEAN else _library_user()
 
-    def healthy(self, address: str, codec: Any = None) -> bool:
+    def healthy(self, address: str, codec: Any = None, tls: Trust | None = None) -> bool:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         call = health_call(codec) if codec is not None else None
-        with grpc.insecure_channel(address) as channel:
+        with channel(address, tls) as chan:
             if call is not None:
                 try:
-                    reply = channel.unary_unary(call[0])(call[1], timeout=2)
+                    reply = chan.unary_unary(call[0])(call[1], timeout=2)
                 except grpc.RpcError:
                     return False
                 return bool(codec.healthy_reply(reply))
-            stub = health_pb2_grpc.HealthStub(channel)
+            stub = health_pb2_grpc.HealthStub(chan)
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
             except grpc.RpcError:

@@ -29,18 +29,31 @@ from wiremark.payloads.transport import (
     request_headers,
 )
 
+from ..tls import Trust
 from .base import CONNECT_TIMEOUT, LEAN, LIBRARY, Client, Driver, ToolSample
 
 
+def base_url(address: str, tls: Trust | None) -> str:
+    return f"{'https' if tls else 'http'}://{address}"
+
+
+def verify(tls: Trust | None) -> Any:
+    """httpx's `verify`: the trust's context (certificate and address checked)."""
+    return tls.ssl_context() if tls else True
+
+
 class HttpClient(Client):
-    def __init__(self, transport: Transport, address: str, timeout: float = 30.0) -> None:
-        super().__init__(transport, address, timeout)
+    def __init__(
+        self, transport: Transport, address: str, timeout: float = 30.0, tls: Trust | None = None
+    ) -> None:
+        super().__init__(transport, address, timeout, tls)
         self.media = transport.media_type
         self.reply_media = reply_media_types(transport.codec)
         self.http = httpx.Client(
-            base_url=f"http://{address}",
+            base_url=base_url(address, tls),
             timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
             trust_env=False,
+            verify=verify(tls),
         )
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -106,7 +119,8 @@ def _lean_user() -> type[Any]:
 
         def on_start(self) -> None:
             host, port = self.address.rsplit(":", 1)
-            self.http = Connection(host, int(port), timeout=30)
+            tls = self.tls.ssl_context() if self.tls else None
+            self.http = Connection(host, int(port), timeout=30, tls=tls)
             body, headers = _request(self.workload, self.codec, self.family)
             path = self.codec.route(self.family, self.workload.model)
             self.request_bytes = prepare("POST", host, int(port), path, headers, body)
@@ -140,10 +154,11 @@ def _library_user() -> type[Any]:
 
         def on_start(self) -> None:
             self.http = httpx.Client(
-                base_url=f"http://{self.address}",
+                base_url=base_url(self.address, self.tls),
                 timeout=30,
                 trust_env=False,
                 limits=httpx.Limits(max_connections=1),
+                verify=verify(self.tls),
             )
             self.body, self.headers = _request(self.workload, self.codec, self.family)
             self.path = self.codec.route(self.family, self.workload.model)
@@ -184,17 +199,20 @@ class HttpDriver(Driver):
         LIBRARY: "httpx's sync client, one per user, one kept-alive connection",
     }
 
-    def client(self, transport: Transport, address: str, timeout: float = 30.0) -> Client:
-        return HttpClient(transport, address, timeout)
+    def client(
+        self, transport: Transport, address: str, timeout: float = 30.0, tls: Trust | None = None
+    ) -> Client:
+        return HttpClient(transport, address, timeout, tls)
 
     def user_base(self, client: str = LEAN) -> type[Any]:
         return _lean_user() if client == LEAN else _library_user()
 
-    def healthy(self, address: str, codec: Any = None) -> bool:
+    def healthy(self, address: str, codec: Any = None, tls: Trust | None = None) -> bool:
         call = health_call(codec) if codec is not None else None
         path = call[0] if call else "/healthz"
+        url = base_url(address, tls) + path
         try:
-            return httpx.get(f"http://{address}{path}", timeout=2).status_code == 200
+            return httpx.get(url, timeout=2, verify=verify(tls)).status_code == 200
         except httpx.TransportError:
             return False
 
