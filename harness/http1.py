@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import httptools
 
+from .tls import wrap
+
 
 class ConnectionClosed(ConnectionError):
     """The server closed the connection before the reply was complete."""
@@ -107,12 +109,8 @@ class Connection:
         self.close()
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls is not None:
-            try:  # the handshake, within the connect timeout
-                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-            except BaseException:
-                sock.close()
-                raise
+        if self.tls is not None:  # the handshake, within the connect timeout
+            sock = wrap(sock, self.tls, self.host)
         # No timeout per read: under gevent each one arms a timer, about 30 us a call here.
         # A cell kills its users when its time is up, so a hung server cannot hang a cell;
         # its unanswered calls are missing replies (and dropped sends in open loop).

@@ -49,6 +49,8 @@ from urllib.parse import unquote
 
 import hpack
 
+from .tls import wrap
+
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY = range(8)
@@ -199,17 +201,14 @@ class Connection:
         self._reset_state()
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls is not None:
-            try:  # the handshake, within the connect timeout
-                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-                if sock.selected_alpn_protocol() != "h2":
-                    raise ProtocolError(
-                        f"{self.authority}: TLS without ALPN h2 "
-                        f"(the server chose {sock.selected_alpn_protocol()!r})"
-                    )
-            except BaseException:
+        if self.tls is not None:  # the handshake, within the connect timeout
+            sock = wrap(sock, self.tls, self.host)
+            if sock.selected_alpn_protocol() != "h2":
                 sock.close()
-                raise
+                raise ProtocolError(
+                    f"{self.authority}: TLS without ALPN h2 "
+                    f"(the server chose {sock.selected_alpn_protocol()!r})"
+                )
         self.sock = sock
         settings = struct.pack(
             ">HLHLHL",

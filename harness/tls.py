@@ -14,6 +14,7 @@ a real certificate.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,3 +80,13 @@ class Trust:
     def cell_args(self) -> list[str]:
         """How a load-generator process is told (`harness/cell.py --tls-ca`)."""
         return ["--tls", *(["--tls-ca", str(self.ca)] if self.ca else [])]
+
+
+def wrap(sock: socket.socket, context: ssl.SSLContext, host: str) -> ssl.SSLSocket:
+    """`sock` over TLS, the handshake done and the server verified as `host` (the socket is
+    closed when that fails)."""
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise

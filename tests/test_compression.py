@@ -10,7 +10,7 @@ import grpc
 import httpx
 import pytest
 
-from wiremark.harness.launch import ServerProcess
+from wiremark.harness.launch import ServerProcess, running
 from wiremark.payloads import grpc_codec, rest
 from wiremark.payloads.contract import JSON, Family, grpc_path, predict_path
 from wiremark.payloads.samples import iris_rows
@@ -36,15 +36,8 @@ def gzip_servers():
     procs = {
         t: ServerProcess(t, ("--models", "iris", "--compression", "gzip")) for t in ("grpc", "json")
     }
-    try:
-        for proc in procs.values():
-            proc.start()
-        for proc in procs.values():
-            proc.wait_ready()
+    with running(procs.values()):
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 def test_gzip_requests_are_accepted_everywhere(servers, reference):

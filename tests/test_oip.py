@@ -18,7 +18,7 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from wiremark.harness import scenario as scenarios
-from wiremark.harness.launch import ServerProcess
+from wiremark.harness.launch import ServerProcess, running
 from wiremark.payloads import oip, samples
 from wiremark.payloads.contract import Family, PixelEncoding
 from wiremark.payloads.errors import InvalidInput, MalformedBody
@@ -31,15 +31,8 @@ MODELS = "iris,mnist,face"
 @pytest.fixture(scope="module")
 def oip_servers() -> Iterator[dict[str, ServerProcess]]:
     procs = {t: ServerProcess(t, ("--models", MODELS)) for t in ("oip-rest", "oip-grpc")}
-    try:
-        for proc in procs.values():
-            proc.start()
-        for proc in procs.values():
-            proc.wait_ready()
+    with running(procs.values()):
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 @pytest.fixture(scope="module")

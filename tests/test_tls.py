@@ -19,7 +19,7 @@ from wiremark.harness.conformance import conform
 from wiremark.harness.http1 import Connection as Http1
 from wiremark.harness.http1 import prepare
 from wiremark.harness.http2 import Connection as Http2
-from wiremark.harness.launch import ServerProcess
+from wiremark.harness.launch import ServerProcess, running
 from wiremark.harness.tls import Certificates, Trust
 from wiremark.harness.transports import connect
 from wiremark.payloads import grpc_codec, rest
@@ -52,15 +52,8 @@ def stranger(tmp_path_factory: pytest.TempPathFactory) -> Trust:
 def tls_servers(certs: Certificates) -> Iterator[dict[str, ServerProcess]]:
     """Every registered transport but the peers, over TLS."""
     procs = {t: ServerProcess(t, ("--models", "iris"), tls=certs) for t in registry.names()}
-    try:
-        for proc in procs.values():
-            proc.start()
-        for proc in procs.values():
-            proc.wait_ready()
+    with running(procs.values()):
         yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
 
 
 def test_every_transport_conforms_over_tls(tls_servers, certs):
