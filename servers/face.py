@@ -11,12 +11,23 @@ from .runner import Runner
 
 ORDER = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
+# The longest side MTCNN sees. A larger image is scaled down to it for detection and the
+# faces scaled back up. TensorFlow's oneDNN allocator keeps a pool as large as the largest
+# image's working set and never gives it back: an 8-megapixel image left a server 719 MB
+# larger for good, a 1600x1200 one 163 MB (scripts/image_memory.py), so the cap bounds what
+# any image can make a server hold. The price: a face in a larger image must be MTCNN's
+# minimum (20 px) at the scaled size, e.g. 52 px wide in a 4096-pixel-wide photo.
+MAX_SIDE = 1600
+
 
 class FaceMTCNN(Runner):
     name = "face"
     family = Family.FACES
     kind = "detector"
-    input_spec = "encoded images (JPEG, PNG, GIF, BMP or WebP bytes), each with an image_id"
+    input_spec = (
+        "encoded images (JPEG, PNG, GIF, BMP or WebP bytes), each with an image_id; "
+        f"detected at most {MAX_SIDE} pixels on the longest side (larger ones scaled down)"
+    )
     output_spec = "per image: faces, each a box [x, y, width, height], 5 landmarks and a confidence"
     offload = True
     max_batch = 16
@@ -44,12 +55,23 @@ class FaceMTCNN(Runner):
             raise InvalidInput(
                 "not a decodable image (JPEG, PNG, GIF, BMP or WebP)", f"instances[{index}].image"
             ) from None
+        height, width = int(pixels.shape[0]), int(pixels.shape[1])
+        scale = max(height, width) / MAX_SIDE
+        if scale > 1:  # detect on the image scaled down to MAX_SIDE, faces scaled back up
+            size = (max(1, round(height / scale)), max(1, round(width / scale)))
+            pixels = tf.cast(tf.image.resize(pixels, size, antialias=True), tf.uint8)
+        else:
+            scale = 1.0
         found = self._mtcnn.detect_faces(pixels)
+
+        def up(value: float) -> int:
+            return int(value * scale)
+
         return tuple(
             Face(
-                box=tuple(int(v) for v in f["box"]),  # type: ignore[arg-type]
+                box=tuple(up(v) for v in f["box"]),  # type: ignore[arg-type]
                 landmarks=tuple(
-                    (int(f["keypoints"][n][0]), int(f["keypoints"][n][1])) for n in ORDER
+                    (up(f["keypoints"][n][0]), up(f["keypoints"][n][1])) for n in ORDER
                 ),
                 confidence=float(np.float32(f["confidence"])),
             )

@@ -36,3 +36,30 @@ def test_one_row_and_full_batches_interleave(reference):
             runner.predict(rows[i : i + 1]).probabilities[0], whole[i], atol=1e-6
         )
     np.testing.assert_allclose(runner.predict(rows).probabilities, whole, atol=0)
+
+
+def test_a_face_in_an_image_over_the_size_cap_is_found_where_it_is(reference):
+    """An image longer than MAX_SIDE is detected scaled down, its faces scaled back up: the
+    astronaut's face at 4x the size comes back at 4x the place, within a few pixels of
+    rounding per side."""
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    from wiremark.payloads.contract import EncodedImage
+    from wiremark.servers.face import MAX_SIDE
+
+    def photo(side: int) -> EncodedImage:
+        buffer = io.BytesIO()
+        Image.fromarray(data.astronaut()).resize((side, side)).save(buffer, format="JPEG")
+        return EncodedImage(str(side), buffer.getvalue())
+
+    small = 800
+    (near,) = reference["face"].predict([photo(small)])[0].faces
+    (far,) = reference["face"].predict([photo(4 * small)])[0].faces
+    assert 4 * small > MAX_SIDE >= small
+    np.testing.assert_allclose(np.array(far.box), 4 * np.array(near.box), atol=0.05 * 4 * small)
+    np.testing.assert_allclose(
+        np.array(far.landmarks), 4 * np.array(near.landmarks), atol=0.02 * 4 * small
+    )
