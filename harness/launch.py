@@ -135,7 +135,12 @@ class ServerProcess:
             return self.proc.wait()
 
     def __enter__(self) -> ServerProcess:
-        return self.start().wait_ready()
+        self.start()
+        try:
+            return self.wait_ready()
+        except BaseException:  # never left running when it does not come up
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -643,6 +643,8 @@ def header_length_of(body: bytes) -> int | None:
         _, end = json.JSONDecoder().raw_decode(body.decode("latin-1"))
     except ValueError as exc:
         raise MalformedBody(f"invalid JSON: {exc}", "body") from None
+    except RecursionError:  # a hostile peer's nesting: an error like any other bad body
+        raise MalformedBody("invalid JSON: nested too deeply", "body") from None
     return end
 
 

@@ -202,6 +202,9 @@ class OipRestCodec:
 
     media_type: str = JSON
     reply_media_types: tuple[str, ...] = (JSON, oip.OCTET)  # binary outputs: octet-stream
+    # requests are read whatever their Content-Type says, as Triton reads them (tritonclient
+    # sends none, or application/octet-stream with binary tensors)
+    any_content_type: bool = True
 
     def encode_request(
         self, family: Family, model: str, batch: Batch, encoding: PixelEncoding
