@@ -213,6 +213,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    # wiremark never uses gRPC in a forked child that does not exec, and grpcio's fork
+    # handlers can abort such a child before its exec (grpc/grpc#43055); before grpc loads
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
