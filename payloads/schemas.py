@@ -3,23 +3,31 @@ validate through these (the codecs in `rest.py` do, faster); they document the c
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-Float4 = Annotated[list[float], Field(min_length=4, max_length=4)]
+FLOAT32_MAX = 3.4028234663852886e38
+Float32 = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]  # finite, as float32
+Float4 = Annotated[list[Float32], Field(min_length=4, max_length=4)]
+# an object of named inputs: the signature's names only (TF Serving refuses others)
+NAMED = ConfigDict(extra="forbid")
 Row28 = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=28, max_length=28)]
 
 
 class B64(BaseModel):
     """A binary value in JSON. In MessagePack the value is a `bin` instead."""
 
+    model_config = ConfigDict(extra="forbid")  # {"b64": ...} alone, or it is no binary value
+
     b64: str = Field(description="standard base64")
 
 
-SIGNATURE = Field(
-    default=None, description='the signature: "serving_default", the only one (or omit it)'
+SIGNATURE: Any = Field(
+    default="serving_default",
+    description='the signature: "serving_default", the only one (or omit it)',
 )
+SignatureName = Literal["serving_default"]
 FORMATS = (
     'Row format: "instances", one item per instance (a value, or an object of named inputs). '
     'Columnar format: "inputs" (a value holding the batch, or an object of named inputs each '
@@ -27,59 +35,155 @@ FORMATS = (
 )
 
 
+# TF Serving's rule as a schema: "instances" or "inputs", exactly one of them.
+ONE_FORMAT = [{"required": ["instances"]}, {"required": ["inputs"]}]
+
+
+def request_config() -> ConfigDict:
+    extra: dict[str, Any] = {"description": FORMATS, "oneOf": ONE_FORMAT}
+    return ConfigDict(json_schema_extra=extra)
+
+
 class Features(BaseModel):
+    model_config = NAMED
     features: Float4
 
 
+class FeatureColumns(BaseModel):
+    model_config = NAMED
+    features: Annotated[list[Float4], Field(min_length=1)]
+
+
 class TabularRequest(BaseModel):
-    model_config = {"json_schema_extra": {"description": FORMATS}}
-    signature_name: str | None = SIGNATURE
-    instances: list[Float4 | Features] | None = Field(
-        default=None,
+    model_config = request_config()
+    signature_name: SignatureName = SIGNATURE
+    instances: list[Float4 | Features] = Field(  # type: ignore[assignment]
+        default=None,  # type: ignore[arg-type]
+        min_length=1,
         description="rows of sepal length, sepal width, petal length, petal width (cm)",
         examples=[[[5.1, 3.5, 1.4, 0.2]]],
     )
-    inputs: list[Float4] | dict[str, list[Float4]] | None = Field(
+    inputs: Annotated[list[Float4], Field(min_length=1)] | FeatureColumns = Field(  # type: ignore[assignment]
         default=None, description='the rows, or {"features": rows}'
     )
 
 
-Digit = B64 | Annotated[list[Row28], Field(min_length=28, max_length=28)]
+class Pixels(BaseModel):
+    """784 raw bytes, base64 (1,048 characters, padded)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    b64: str = Field(pattern=r"^[A-Za-z0-9+/]{1045}[AQgw]==$")
+
+
+Digit = Pixels | Annotated[list[Row28], Field(min_length=28, max_length=28)]
+
+
+class DigitInstance(BaseModel):
+    """A row-format instance as an object of named inputs."""
+
+    model_config = NAMED
+    image: Digit
+
+
+Digits = Annotated[list[Digit], Field(min_length=1)]
+
+
+class DigitColumns(BaseModel):
+    model_config = NAMED
+    image: Digits
 
 
 class DigitsRequest(BaseModel):
-    model_config = {"json_schema_extra": {"description": FORMATS}}
-    signature_name: str | None = SIGNATURE
-    instances: list[Digit] | None = Field(
-        default=None,
+    model_config = request_config()
+    signature_name: SignatureName = SIGNATURE
+    instances: Annotated[list[Digit | DigitInstance], Field(min_length=1)] = Field(  # type: ignore[assignment]
+        default=None,  # type: ignore[arg-type]
         description="28x28 uint8 images: 784 raw bytes ({'b64': ...} / bin) or 28 rows of 28 ints",
     )
-    inputs: list[Digit] | dict[str, list[Digit]] | None = Field(
+    inputs: Digits | DigitColumns = Field(  # type: ignore[assignment]
         default=None, description='the images, or {"image": images}'
     )
 
 
 class FaceInstance(BaseModel):
     image_id: str = ""
-    image: B64 = Field(description="JPEG/PNG file bytes")
+    image: B64 = Field(description="JPEG, PNG, GIF, BMP or WebP file bytes")
+
+
+class FaceColumns(BaseModel):
+    model_config = NAMED
+    image: Annotated[list[B64], Field(min_length=1)]
+    image_id: list[str] | None = None
 
 
 class FacesRequest(BaseModel):
-    model_config = {"json_schema_extra": {"description": FORMATS}}
-    signature_name: str | None = SIGNATURE
-    instances: list[FaceInstance] | None = None
-    inputs: dict[str, list[Any]] | None = Field(
+    model_config = request_config()
+    signature_name: SignatureName = SIGNATURE
+    instances: Annotated[list[FaceInstance], Field(min_length=1)] = None  # type: ignore[assignment]
+    inputs: FaceColumns = Field(  # type: ignore[assignment]
         default=None, description='{"image": [images], "image_id": [ids]}'
     )
 
 
+class OipTensor(BaseModel):
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]]
+    datatype: Literal["BOOL", "UINT8", "INT32", "INT64", "FP32", "FP64", "BYTES"]
+    data: list[Any] | None = Field(
+        default=None, description="row-major values; absent with binary_data_size"
+    )
+    parameters: dict[str, Any] | None = None
+
+
+class OipOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class OipInferRequest(BaseModel):
+    """KServe v2's inference request, JSON (or a JSON header followed by binary tensor
+    data, its length in Inference-Header-Content-Length)."""
+
+    id: str | None = None
+    inputs: Annotated[list[OipTensor], Field(min_length=1)]
+    outputs: list[OipOutput] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class OipInferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[OipTensor]
+
+
+OIP_BODIES = (OipInferRequest, OipInferResponse)
+
+PROBABILITIES = (
+    "float32, one per class; null where the model's arithmetic overflowed (NaN: inputs near "
+    "float32's limits), as the model computed it"
+)
+
+
 class Classification(BaseModel):
     class_id: int
-    probabilities: list[float] = Field(description="float32, one per class")
+    probabilities: list[float | None] = Field(description=PROBABILITIES)
+
+
+class ClassColumns(BaseModel):
+    class_id: list[int]
+    probabilities: list[list[float | None]] = Field(description=PROBABILITIES)
 
 
 class ClassifyResponse(BaseModel):
-    predictions: list[Classification]
+    """Row format: "predictions"; a columnar ("inputs") request: "outputs"."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["predictions"]}, {"required": ["outputs"]}]}
+    )
+    predictions: list[Classification] | None = None
+    outputs: ClassColumns | None = None
 
 
 class FaceOut(BaseModel):
@@ -95,8 +199,19 @@ class ImageFacesOut(BaseModel):
     faces: list[FaceOut]
 
 
+class FaceColumnsOut(BaseModel):
+    image_id: list[str]
+    faces: list[list[FaceOut]]
+
+
 class FacesResponse(BaseModel):
-    predictions: list[ImageFacesOut]
+    """Row format: "predictions"; a columnar ("inputs") request: "outputs"."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["predictions"]}, {"required": ["outputs"]}]}
+    )
+    predictions: list[ImageFacesOut] | None = None
+    outputs: FaceColumnsOut | None = None
 
 
 class ErrorBody(BaseModel):

@@ -256,6 +256,45 @@ def error_responses(*codes: tuple[int, str]) -> dict[str, Any]:
     }
 
 
+# The path parameters of every route, as the server reads them: a model's name, a version
+# (digits: TF Serving's and KServe's), a label (TF Serving's, any text without "/" or ":").
+PATH_PARAMETERS = {
+    "model": {"type": "string", "pattern": "^[^/:]+$"},
+    "version": {"type": "string", "pattern": "^[0-9]+$"},
+    "label": {"type": "string", "pattern": "^[^/:]+$"},
+}
+# What any route may answer besides its own: a malformed request, an unknown model,
+# version or label, models still loading or the server full.
+EVERY_ROUTE_ERRORS = (
+    (400, "invalid request: a value is wrong"),
+    (404, "no such model, version or label"),
+    (503, "models still loading, or --max-in-flight reached (Retry-After)"),
+)
+GET_ERRORS = ((405, "a predict route asked with GET (Allow: POST)"),)
+
+
+def document_every_route(spec: dict[str, Any]) -> None:
+    """The OpenAPI document as the server behaves (schemathesis holds it to that): every
+    `{name}` in a path declared a path parameter, and the errors any route may answer
+    listed on every operation."""
+    errors = error_responses(*EVERY_ROUTE_ERRORS)
+    for path, operations in spec.get("paths", {}).items():
+        names = re.findall(r"{(\w+)}", path)
+        for method, operation in operations.items():
+            declared = {p.get("name") for p in operation.get("parameters", [])}
+            operation.setdefault("parameters", []).extend(
+                {"name": n, "in": "path", "required": True, "schema": PATH_PARAMETERS[n]}
+                for n in names
+                if n not in declared and n in PATH_PARAMETERS
+            )
+            if not operation["parameters"]:
+                del operation["parameters"]
+            responses = operation.setdefault("responses", {})
+            extra = error_responses(*GET_ERRORS) if method == "get" and names else {}
+            for code, response in (errors | extra).items():
+                responses.setdefault(code, response)
+
+
 def create_app(service: ModelService, on_load_failure: Callable[[], None] | None = None) -> FastAPI:
     """The app for a service whose models may still be loading; the lifespan loads them.
     `on_load_failure` runs if loading fails (the server process uses it to exit)."""
@@ -486,9 +525,11 @@ def create_app(service: ModelService, on_load_failure: Callable[[], None] | None
         if app.openapi_schema is None:
             spec = get_openapi(title=app.title, version="1", summary=app.summary, routes=app.routes)
             components = spec.setdefault("components", {}).setdefault("schemas", {})
-            for model in (*REQUEST_SCHEMAS.values(), *RESPONSE_SCHEMAS.values(), schemas.ErrorBody):
+            documented = (*REQUEST_SCHEMAS.values(), *RESPONSE_SCHEMAS.values(), schemas.ErrorBody)
+            for model in (*documented, *schemas.OIP_BODIES):
                 for key, value in schemas.schema(model).get("$defs", {}).items():
                     components.setdefault(key, value)
+            document_every_route(spec)
             app.openapi_schema = spec
         return app.openapi_schema
 

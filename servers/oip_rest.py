@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from wiremark import __version__
-from wiremark.payloads import oip, rest
+from wiremark.payloads import oip, rest, schemas
 from wiremark.payloads.contract import JSON
 from wiremark.payloads.errors import UnknownModel
 from wiremark.payloads.transport import OipRestCodec
@@ -55,6 +55,21 @@ HEADER_LENGTH = oip.HEADER_LENGTH.encode()  # as the ASGI scope holds header nam
 
 def _json(value: Any, status: int = 200) -> Response:
     return Response(rest.dump_json(value), status_code=status, media_type=JSON)
+
+
+# The infer routes' bodies in the OpenAPI document (the codec reads them; this documents)
+INFER_DOCUMENTED = {
+    "requestBody": {
+        "required": True,
+        "content": {JSON: {"schema": schemas.schema(schemas.OipInferRequest)}},
+    },
+    "responses": {
+        "200": {
+            "description": "the outputs: JSON, or application/octet-stream with binary outputs",
+            "content": {JSON: {"schema": schemas.schema(schemas.OipInferResponse)}},
+        }
+    },
+}
 
 
 def add_routes(app: FastAPI, service: ModelService, routing: Routing) -> None:
@@ -108,6 +123,7 @@ def add_routes(app: FastAPI, service: ModelService, routing: Routing) -> None:
                 tags=[TAG],
                 summary=f"Infer with {name} (KServe v2)",
                 response_class=Response,
+                openapi_extra=INFER_DOCUMENTED,
             )
 
     async def live(request: Request) -> Response:
