@@ -287,6 +287,8 @@ def cell_label(key: Key | Mapping[str, Any]) -> str:
         parts.append(str(k["encoding"]))
     if k.get("compression") not in (None, "none"):
         parts.append(str(k["compression"]))
+    if k.get("tls") is True:
+        parts.append("TLS")
     if k.get("client") not in (None, records.LEAN):
         parts.append(f"{k['client']} client")
     return " ".join(parts)

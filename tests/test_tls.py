@@ -280,3 +280,12 @@ def test_bench_refuses_both_tls_settings_on_a_target(tmp_path):
     assert result.returncode == 2
     assert "a --target serves TLS or does not" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_gate_names_tls_cells():
+    from wiremark.reports import gate
+
+    key = dict.fromkeys(records.CELL_KEY) | {"model": "iris", "transport": "grpc"}
+    key |= {"mode": "closed", "concurrency": 8, "batch": 1, "compression": "none"}
+    assert gate.cell_label(key | {"tls": True}).endswith("TLS")
+    assert "TLS" not in gate.cell_label(key | {"tls": False})
