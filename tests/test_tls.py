@@ -67,10 +67,11 @@ def test_every_transport_conforms_over_tls(tls_servers, certs):
 def test_a_client_that_does_not_trust_the_server_is_refused(tls_servers, stranger):
     for transport, proc in tls_servers.items():
         with (
-            pytest.raises(WiremarkError),
+            pytest.raises(WiremarkError) as refused,
             connect(transport, proc.address, timeout=2, tls=stranger) as client,
         ):
             client.predict("iris", ROWS)
+        assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value), transport  # it says why
         assert proc.healthy(), transport  # and the server serves on
 
 
@@ -289,3 +290,24 @@ def test_the_gate_names_tls_cells():
     key |= {"mode": "closed", "concurrency": 8, "batch": 1, "compression": "none"}
     assert gate.cell_label(key | {"tls": True}).endswith("TLS")
     assert "TLS" not in gate.cell_label(key | {"tls": False})
+
+
+def test_bench_measures_a_tls_target_verified_against_the_given_ca(tmp_path, certs):
+    text = TLS_RUN.replace("tls = [false, true]", "tls = [true]").replace(
+        'transports = ["grpc", "json"]', 'transports = ["json"]'
+    )
+    (tmp_path / "s.toml").write_text(text)
+    with ServerProcess("json", ("--models", "iris"), tls=certs) as server:
+        target = ("--target", f"json={server.address}")
+        plain = wiremark("bench", "--scenario", tmp_path / "s.toml", *target)
+        assert plain.returncode == 2  # the machine's CA store does not know the test CA
+        assert "certificate" in plain.stderr.lower() and "Traceback" not in plain.stderr
+        result = wiremark(
+            "bench", "--scenario", tmp_path / "s.toml", *target,
+            "--tls-ca", certs.ca, "--out", tmp_path / "out", "--no-report",
+            timeout=300,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    (cell,) = records.load(tmp_path / "out").cells
+    assert cell["tls"] is True and cell["valid"], cell["invalid_reasons"]
+    assert cell["server_cpu_ms"] is None  # a server bench did not start

@@ -216,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # wiremark never uses gRPC in a forked child that does not exec, and grpcio's fork
     # handlers can abort such a child before its exec (grpc/grpc#43055); before grpc loads
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # grpc core's INFO lines are noise here
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)

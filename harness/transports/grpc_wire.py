@@ -50,11 +50,22 @@ class GrpcClient(Client):
         try:
             grpc.channel_ready_future(self.channel).result(timeout=wait)
         except grpc.FutureTimeoutError:
+            why = self._why_not_ready()
             self.channel.close()
             raise errors.Unreachable(
                 f"no gRPC server answered at {address} within {wait:g} s"
+                + (f" ({why})" if why else "")
             ) from None
         self._calls: dict[str, Any] = {}
+
+    def _why_not_ready(self) -> str:
+        """What grpcio says stopped the connection (a refused port, a certificate it could
+        not verify), from one call that does not wait for a ready channel."""
+        try:
+            self.channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=2)
+        except grpc.RpcError as exc:
+            return str(exc.details() or "")[:300]
+        return ""
 
     def _call(self, path: str) -> Any:
         call = self._calls.get(path)
