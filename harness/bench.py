@@ -354,7 +354,7 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
     watch: Watch | None = None
     with ExitStack() as stack:
         if external:
-            trust = Trust(args.tls_ca) if True in scenario.tls else None
+            trust = target_trust(args, scenario)
             targets = {
                 (arm.name, t, c, tls): Target(t, arm.external[t], None, trust if tls else None)
                 for arm in arms
@@ -481,6 +481,12 @@ def write_report(out: Path) -> Path:
     return report.render(report.arms(records.load(out / records.RESULTS_JSON)), out / "report.html")
 
 
+def target_trust(args: argparse.Namespace, scenario: Scenario) -> Trust | None:
+    """What clients verify --target servers against: `--tls-ca` (or the machine's store)
+    when the scenario runs over TLS (a target speaks one setting, `run` checks)."""
+    return Trust(args.tls_ca) if True in scenario.tls else None
+
+
 def target_problem(
     transport: str, address: str, models: list[str], tls: Trust | None = None
 ) -> str | None:
@@ -519,7 +525,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.tls_ca is not None and not args.tls_ca.is_file():
         raise UsageError(f"--tls-ca {args.tls_ca}: no such file")
-    trust = Trust(args.tls_ca) if scenario.tls == [True] else None
+    trust = target_trust(args, scenario)
     for flag, given in (("--target", args.target), ("--baseline-target", args.baseline_target)):
         for transport, address in given:
             if transport in scenario.transports:

@@ -77,10 +77,6 @@ class Trust:
 
         return grpc.ssl_channel_credentials(root_certificates=self.root_certificates())
 
-    def cell_args(self) -> list[str]:
-        """How a load-generator process is told (`harness/cell.py --tls-ca`)."""
-        return ["--tls", *(["--tls-ca", str(self.ca)] if self.ca else [])]
-
 
 def wrap(sock: socket.socket, context: ssl.SSLContext, host: str) -> ssl.SSLSocket:
     """`sock` over TLS, the handshake done and the server verified as `host` (the socket is
