@@ -1,58 +1,63 @@
-"""One load cell in a fresh process: Locust users against one server, for a fixed time after
-a warm-up, with every latency kept (no histogram buckets).
+"""One load cell in a fresh process, the cell's Locust master (`MasterRunner`): its workers
+(`harness/worker.py`: local worker processes, and workers on other hosts) load one server for
+a fixed time after a warm-up; their latencies come back as HdrHistograms and merge at full
+resolution (`harness/histogram.py`).
 
     python -m wiremark.harness.cell --transport grpc --address 127.0.0.1:50051 \\
         --model iris --users 16 --duration 5 [--warmup 1] [--batch 1] [--encoding raw]
         [--rate 500 [--arrival constant|poisson]] [--compression gzip] [--client library]
-        [--tls [--tls-ca CA.pem]] [--server-pid PID] [--sample 20] [--raw latencies.npy]
-        [--wire-requests 50]
+        [--tls [--tls-ca CA.pem]] [--server-pid PID] [--sample 20] [--wire-requests 50]
+        [--load-processes 2] [--expect-workers 2 --master-bind 0.0.0.0:5557]
 
-The measured window lasts `--duration` seconds, and longer if it has fewer than
-`--min-requests` replies by then, up to `--max-duration`.
+The master starts `--load-processes` local workers (fresh processes, never forked: grpcio
+does not survive a fork), waits up to `--worker-timeout` s for them and for
+`--expect-workers` more from other hosts (`wiremark worker --master HOST:PORT`), and then
+starts, times and stops the cell for all of them alike: the warm-up, the measured window of
+`--duration` s (longer if it has fewer than `--min-requests` replies by then, up to
+`--max-duration`), the end.
 
-Closed loop (no `--rate`): `--users` users, each sending its next request as soon as the
-last one returns. Open loop (`--rate R`): sends are scheduled at R per second (evenly, or
-as a Poisson process) whatever the server does, over at most `--users` connections; the
-latency of each counts from its *intended* send time, so a stalled server cannot hide its
-own latency (coordinated omission). A send that starts more than 1 ms behind schedule is
-counted late; one that waited `--max-wait` seconds for a free connection is dropped.
+Closed loop (no `--rate`): `--users` users, dispatched over the workers by Locust, each
+sending its next request as soon as the last one returns. Open loop (`--rate R`): each of
+the W workers schedules R/W sends a second (evenly, or as a Poisson process), its schedule
+offset by 1/R from the previous worker's, over at most `--users` connections, whatever the
+server does; a latency counts from the *intended* send time (coordinated omission), and a
+second histogram counts from the actual send (uncorrected), as wrk2 reports both. A send
+that starts more than 1 ms behind schedule is counted late; one that waited `--max-wait`
+seconds for a free connection is dropped.
 
-Prints one JSON object: requests, errors, rps, p50/p90/p95/p99/p999/max/mean in ms, the
-mean reply bytes, the load generator's CPU (seconds and share of a core), the server's CPU
-seconds and peak memory when `--server-pid` is given, late and dropped sends, and up to
-`--sample` replies (base64, with their Server-Timing) for the caller to check. `--raw FILE`
-saves every latency (float64 ms, numpy .npy) so several processes can be merged.
+Prints one JSON object (`CellResult`): requests, errors, rps, p50/p90/p95/p99/p999/max/mean
+in ms from the merged histogram, and the histograms themselves; the mean reply bytes; the
+load generator's CPU, summed and per worker (with each worker's host, cores, versions, the
+CPU stolen from it, and whether it was client-bound); the server's CPU seconds and peak
+memory when `--server-pid` is given; late and dropped sends; how many workers were planned
+and how many finished (a worker lost mid-cell leaves the others to finish it); and up to
+`--sample` replies (base64, with their Server-Timing) for the caller to check.
 
-`--wire-requests N` first sends N requests, one at a time, through a counting TCP relay
-(after a few uncounted ones that open the connection) and reports the bytes on the wire per
-request each way, headers and framing included: a separate pass on its own connection, so
-the timed load never goes through the relay.
-
-A fresh process because grpcio must be patched for gevent before any channel exists (see
-`harness/users.py`).
+`--wire-requests N` has the first worker send N requests first, one at a time, through a
+counting TCP relay, and report the bytes on the wire per request each way (see
+`harness/worker.py`). A cell whose workers did not all connect exits with status 3 and one
+line naming how many came.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import itertools
-import os
-import random
-import resource
+import dataclasses
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from wiremark.reports.records import LEAN, LIBRARY
 
-from wiremark.reports.records import LEAN, LIBRARY, PERCENTILES
-
+from .histogram import Latencies
 from .protocol import CellRequest, CellResult
-from .steal import CLOCK_TICKS, steal_ticks
+
+WORKER_MODULE = "wiremark.harness.worker"
 
 CLIENT_BOUND = 0.9  # the cell's CPU per core it has, above which the client is the bottleneck
 
@@ -63,32 +68,6 @@ def batch_for(model: str, size: int) -> Any:
     from wiremark.payloads.contract import MODEL_FAMILIES
 
     return samples.batch(MODEL_FAMILIES[model], size)
-
-
-def percentiles(latencies_ms: Any) -> dict[str, float | None]:
-    values = np.asarray(latencies_ms, dtype=np.float64)
-    out: dict[str, float | None] = {}
-    for key, q, _ in PERCENTILES:
-        out[key] = round(float(np.percentile(values, q)), 4) if values.size else None
-    out["max"] = round(float(values.max()), 4) if values.size else None
-    out["mean"] = round(float(values.mean()), 4) if values.size else None
-    return out
-
-
-def summarise(
-    latencies_ms: Sequence[float], errors: int, wall_s: float, reply_bytes: int, cpu_s: float
-) -> dict[str, Any]:
-    n = len(latencies_ms)
-    return {
-        "requests": n,
-        "errors": errors,
-        "duration_s": round(wall_s, 3),
-        "rps": round(n / wall_s, 1) if wall_s > 0 else 0.0,
-        "reply_bytes": round(reply_bytes / n, 1) if n else 0.0,
-        "client_cpu_s": round(cpu_s, 4),
-        "client_cpu": round(cpu_s / wall_s, 3) if wall_s > 0 else 0.0,
-        **percentiles(latencies_ms),
-    }
 
 
 class ServerWatch:
@@ -139,210 +118,256 @@ class ServerWatch:
         return {"server_cpu_s": round(used, 4), "server_peak_rss_mb": peak}
 
 
-class CountingRelay:
-    """A TCP relay on loopback that counts the bytes going each way."""
+class CellError(RuntimeError):
+    """A cell that cannot run: a plan a worker could not run, a local worker that died."""
 
-    def __init__(self, upstream: str) -> None:
-        from gevent.server import StreamServer
 
-        host, port = upstream.rsplit(":", 1)
-        self.upstream = (host, int(port))
-        self.up = self.down = 0
-        self.server = StreamServer(("127.0.0.1", 0), self._handle)
-        self.server.start()
+class WorkersMissing(CellError):
+    """The workers the cell waits for did not all connect in time."""
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.server_port}"
 
-    def _handle(self, client: Any, _peer: Any) -> None:
-        import gevent
-        from gevent import socket
+WORKERS_MISSING_EXIT = 3  # the exit status of a cell whose workers did not all connect
+READY_TIMEOUT = 120.0  # s for every worker to build its users (and count wire bytes)
+RESULT_TIMEOUT = 15.0  # s for the workers' results after the window closes
 
-        server = socket.create_connection(self.upstream)
 
-        def pump(src: Any, dst: Any, up: bool) -> None:
-            try:
-                while data := src.recv(65536):
-                    if up:
-                        self.up += len(data)
-                    else:
-                        self.down += len(data)
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for sock in (src, dst):
-                    with contextlib.suppress(OSError):
-                        sock.shutdown(socket.SHUT_RDWR)
+def make_master(env: Any, host: str, port: int) -> Any:
+    """Locust's master runner, which also asks a worker it does not know (one that joined
+    the previous cell's master on this address as it quit) to say client_ready again."""
+    from locust.rpc import Message
+    from locust.runners import MasterRunner
 
-        gevent.joinall(
-            [gevent.spawn(pump, client, server, True), gevent.spawn(pump, server, client, False)]
-        )
-        server.close()
-        client.close()
+    from .protocol import MSG_REJOIN
 
-    def reset(self) -> None:
-        self.up = self.down = 0
+    class Master(MasterRunner):
+        def handle_message(self, client_id: str, msg: Any) -> None:
+            if msg.type == "heartbeat" and msg.node_id not in self.clients:
+                self.server.send_to_client(Message(MSG_REJOIN, None, msg.node_id))
+            super().handle_message(client_id, msg)
+
+    env.runner = Master(env, host, port)
+    return env.runner
+
+
+class LocalWorkers:
+    """Worker processes on this host (`--load-processes`), started fresh (never forked
+    from this one) with their stderr kept for the error of a worker that failed."""
+
+    def __init__(self, count: int, master: str) -> None:
+        # closed in close(), after the processes end
+        self.logs = [tempfile.TemporaryFile(mode="w+") for _ in range(count)]  # noqa: SIM115
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", WORKER_MODULE, "--master", master, "--once"],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+            for log in self.logs
+        ]
+
+    def failed(self) -> str:
+        """The first worker that exited, and how, or ''."""
+        for proc, log in zip(self.procs, self.logs, strict=True):
+            if proc.poll() is not None:
+                log.seek(0)
+                return f"a local load worker exited ({proc.returncode}): {log.read()[-800:]}"
+        return ""
 
     def close(self) -> None:
-        self.server.stop()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for log in self.logs:
+            log.close()
 
 
-def wire_bytes(
-    env: Any, cls: Any, requests: int, warm: int = 5, timeout: float = 60.0
-) -> dict[str, float]:
-    """Bytes on the wire per request, each way, through a CountingRelay; a RuntimeError
-    when a request fails or the pass takes longer than `timeout` seconds."""
+def wait_until(done: Any, timeout: float, check: Any = None) -> bool:
+    """Sleep (in gevent) until `done()` or `timeout` s; `check()` may raise meanwhile."""
     import gevent
 
-    relay = CountingRelay(cls.address)
-    try:
-        user = type(cls.__name__, (cls,), {"address": relay.address})(env)
-        user.on_start()
-        failures: list[Any] = []
-
-        def on_request(exception: Any, **_: Any) -> None:
-            if exception is not None:
-                failures.append(exception)
-
-        env.events.request.add_listener(on_request)
-        overdue = RuntimeError(f"wire pass: not done within {timeout:.0f} s")
-        try:
-            with gevent.Timeout(timeout, overdue):
-                for _ in range(warm):
-                    user.predict()
-                relay.reset()
-                for _ in range(requests):
-                    user.predict()
-            up, down = relay.up, relay.down
-        finally:
-            env.events.request.remove_listener(on_request)
-            user.on_stop()
-        if failures:
-            raise RuntimeError(f"wire pass: {failures[0]}")
-        return {
-            "wire_up_bytes": round(up / requests, 1),
-            "wire_down_bytes": round(down / requests, 1),
-        }
-    finally:
-        relay.close()
-
-
-class Recorder:
-    """Collects what users report through `events.request`, inside the measured window."""
-
-    def __init__(self, sample: int) -> None:
-        self.measuring = False
-        self.latencies: list[float] = []
-        self.errors = 0
-        self.bytes = 0
-        self.first_error = ""
-        self.sample = sample
-        self.rng = random.Random(1)
-        self.samples: list[dict[str, str]] = []
-
-    def on_request(
-        self,
-        response_time: float,
-        response_length: int,
-        exception: Any,
-        context: dict[str, Any],
-        **_: Any,
-    ) -> None:
-        if not self.measuring:
-            return
-        if exception is not None:
-            self.errors += 1
-            self.first_error = self.first_error or str(exception)[:300]
-            return
-        self.latencies.append(response_time)
-        self.bytes += response_length
-        body = context.get("reply")
-        if body is None or not self.sample:
-            return
-        kept = {
-            "body": base64.b64encode(body).decode(),
-            "server_timing": context.get("server_timing") or "",
-        }
-        if len(self.samples) < self.sample:
-            self.samples.append(kept)
-        else:  # a reservoir: an offered reply replaces a random one (see Workload.sampled)
-            self.samples[self.rng.randrange(self.sample)] = kept
+    deadline = time.perf_counter() + timeout
+    while not done():
+        if time.perf_counter() >= deadline:
+            return False
+        if check is not None:
+            check()
+        gevent.sleep(0.05)
+    return True
 
 
 def run_cell(args: CellRequest) -> CellResult:
     import gevent
     from locust.env import Environment
 
-    from wiremark.payloads.contract import PixelEncoding
-
-    from .tls import Trust
-    from .users import OpenLoop, Workload, user_class
-
-    workload = Workload()
-    workload.model, workload.encoding = args.model, PixelEncoding(args.encoding)
-    workload.batch = batch_for(args.model, args.batch)
-    workload.compression = args.compression
-    workload.sample_size = args.sample
-    trust = Trust(Path(args.tls_ca) if args.tls_ca else None) if args.tls else None
-    cls = user_class(args.transport, args.address, workload, args.client, trust)
-    env = Environment(user_classes=[cls])
-    wire: dict[str, Any] = {}
-    if args.wire_requests:
-        try:
-            wire = wire_bytes(env, cls, args.wire_requests)
-        except RuntimeError as exc:  # the timed load below records the same failure
-            wire = {"wire_error": str(exc)[:300]}
-    recorder = Recorder(args.sample)
-    env.events.request.add_listener(recorder.on_request)
-    watch = ServerWatch(args.server_pid)
-    open_loop: OpenLoop | None = None
-    if args.rate:
-        open_loop = OpenLoop(env, cls, args.users, args.rate, args.arrival, args.max_wait)
-        open_loop.start()
-    else:
-        runner = env.create_local_runner()
-        runner.start(args.users, spawn_rate=min(max(args.users * 10, 10), 100))
-    gevent.sleep(args.warmup)
-    cores = sorted(os.sched_getaffinity(0))
-    stolen = steal_ticks(cores)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    watch.begin()
-    if open_loop is not None:
-        open_loop.reset_counts()
-    workload.calls = itertools.count(1)  # sampling draws from the measured window only
-    recorder.measuring = True
-    start = time.perf_counter()
-    gevent.sleep(args.duration)
-    # slow cells run on until they have `--min-requests` replies, up to `--max-duration`
-    limit = start + max(args.duration, args.max_duration)
-    while len(recorder.latencies) < args.min_requests and time.perf_counter() < limit:
-        gevent.sleep(min(0.25, max(0.0, limit - time.perf_counter())))
-    recorder.measuring = False
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    steal_s = sum(steal_ticks(cores)) - sum(stolen)
-    server = watch.end()
-    counts: dict[str, Any] = open_loop.counts() if open_loop else {"late": None, "dropped": None}
-    if open_loop is not None:
-        open_loop.stop()
-    else:
-        runner.quit()
-    cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
-    out = summarise(recorder.latencies, recorder.errors, wall, recorder.bytes, cpu)
-    if args.raw:
-        np.save(args.raw, np.asarray(recorder.latencies, dtype=np.float64))
-    return CellResult(
-        **out,
-        **server,
-        **counts,
-        **wire,
-        # what the hypervisor took from this process's cores meanwhile: CPU it could not use
-        steal_s=round(steal_s / CLOCK_TICKS, 4),
-        first_error=recorder.first_error,
-        samples=recorder.samples,
+    from .protocol import (
+        MSG_FINISH,
+        MSG_MEASURE,
+        MSG_OPEN,
+        MSG_PLAN,
+        MSG_READY,
+        MSG_RESULT,
+        REPLIES,
+        parse_address,
+        shares,
     )
+    from .worker import CellUser
+
+    host, port = parse_address(args.master_bind, bind=True)
+    env = Environment(user_classes=[CellUser])
+    master = make_master(env, host, port)
+    ready: dict[int, dict[str, Any]] = {}
+    results: dict[int, dict[str, Any]] = {}
+    replies: dict[str, int] = {}
+    master.register_message(
+        MSG_READY, lambda msg, **_: ready.__setitem__(msg.data["index"], msg.data)
+    )
+    master.register_message(
+        MSG_RESULT, lambda msg, **_: results.__setitem__(msg.data["index"], msg.data)
+    )
+    env.events.worker_report.add_listener(
+        lambda client_id, data, **_: replies.__setitem__(client_id, data.get(REPLIES, 0))
+    )
+    dial = "127.0.0.1" if host in ("*", "0.0.0.0", "::") else host
+    local = LocalWorkers(args.load_processes, f"{dial}:{master.server.port}")
+
+    def local_failed() -> None:
+        if problem := local.failed():
+            raise CellError(problem)
+
+    try:
+        expected = args.load_processes + args.expect_workers
+        if not wait_until(
+            lambda: master.worker_count >= expected, args.worker_timeout, local_failed
+        ):
+            came = master.worker_count
+            remote = (
+                f"; start them on the load hosts with: wiremark worker --master {args.master_bind}"
+                if args.expect_workers
+                else ""
+            )
+            raise WorkersMissing(
+                f"{came} of {expected} load workers connected to {args.master_bind} within "
+                f"{args.worker_timeout:g} s{remote}"
+            )
+        ids = [client.id for client in master.clients.ready]
+        plan = shares(len(ids), args.users, args.rate, args.sample, args.wire_requests)
+        cell = {
+            "transport": args.transport,
+            "address": args.address,
+            "model": args.model,
+            "batch": args.batch,
+            "encoding": args.encoding,
+            "compression": args.compression,
+            "client": args.client,
+            "tls": args.tls,
+            "arrival": args.arrival,
+            "max_wait": args.max_wait,
+        }
+        ca_pem = Path(args.tls_ca).read_text() if args.tls and args.tls_ca else None
+        for client_id, share in zip(ids, plan, strict=True):
+            data = {"cell": cell, "share": dataclasses.asdict(share), "ca_pem": ca_pem}
+            master.send_message(MSG_PLAN, data, client_id=client_id)
+        if not wait_until(lambda: len(ready) == len(ids), READY_TIMEOUT, local_failed):
+            raise CellError(f"{len(ids) - len(ready)} of {len(ids)} load workers never got ready")
+        for index, answer in sorted(ready.items()):
+            if answer["error"]:
+                raise CellError(f"load worker {index}: {answer['error']}")
+        watch = ServerWatch(args.server_pid)
+        if args.rate:
+            for client_id in ids:
+                master.send_message(MSG_OPEN, client_id=client_id)
+        else:
+            master.start(args.users, spawn_rate=min(max(args.users * 10, 10), 100))
+        gevent.sleep(args.warmup)
+        watch.begin()
+        for client_id in ids:
+            master.send_message(MSG_MEASURE, client_id=client_id)
+        start = time.perf_counter()
+        gevent.sleep(args.duration)
+        # slow cells run on until they have `--min-requests` replies, up to `--max-duration`
+        limit = start + max(args.duration, args.max_duration)
+        while sum(replies.values()) < args.min_requests and time.perf_counter() < limit:
+            gevent.sleep(min(0.25, max(0.0, limit - time.perf_counter())))
+        for client_id in ids:
+            master.send_message(MSG_FINISH, client_id=client_id)
+        wall = time.perf_counter() - start
+        server = watch.end()
+
+        def settled() -> bool:  # every worker has answered, or is gone (missing, quit)
+            alive = {c.id for c in master.clients.ready + master.clients.running}
+            alive |= {c.id for c in master.clients.spawning}
+            return all(i in results or cid not in alive for i, cid in enumerate(ids))
+
+        wait_until(settled, RESULT_TIMEOUT)
+        master.quit()
+    finally:
+        local.close()
+    return merge(results, len(ids), wall, server, ready.get(0, {}), bool(args.rate))
+
+
+def merge(
+    results: dict[int, dict[str, Any]],
+    planned: int,
+    wall: float,
+    server: dict[str, Any],
+    ready: dict[str, Any],
+    open_loop: bool,
+) -> CellResult:
+    """The workers' results as the cell's: their histograms merged, counts and CPU summed,
+    each worker's own figures kept (and whether it was client-bound)."""
+    got = [results[i] for i in sorted(results)]
+    hist = Latencies.merged([r["histogram"] for r in got])
+    uncorrected = Latencies.merged([r["uncorrected"] for r in got if r["uncorrected"]])
+    n = hist.count
+    cpu = sum(r["client_cpu_s"] for r in got)
+    workers = [
+        {k: r[k] for k in WORKER_FIELDS} | {"client_bound": r["client_cpu_share"] >= CLIENT_BOUND}
+        for r in got
+    ]
+    first = results.get(0, {})
+    return CellResult(
+        requests=n,
+        errors=sum(r["errors"] for r in got),
+        duration_s=round(wall, 3),
+        rps=round(n / wall, 1) if wall > 0 else 0.0,
+        reply_bytes=round(sum(r["reply_bytes"] for r in got) / n, 1) if n else 0.0,
+        client_cpu_s=round(cpu, 4),
+        client_cpu=round(cpu / wall, 3) if wall > 0 else 0.0,
+        **hist.summary(),
+        **server,
+        late=sum(r["late"] or 0 for r in got) if open_loop else None,
+        dropped=sum(r["dropped"] or 0 for r in got) if open_loop else None,
+        wire_up_bytes=ready.get("wire_up_bytes"),
+        wire_down_bytes=ready.get("wire_down_bytes"),
+        wire_error=ready.get("wire_error", ""),
+        steal_s=round(sum(r["steal_s"] for r in got), 4),
+        first_error=next((r["first_error"] for r in got if r["first_error"]), ""),
+        samples=first.get("samples", []),
+        histogram=hist.encode(),
+        uncorrected_histogram=uncorrected.encode() if open_loop else None,
+        workers=workers,
+        workers_planned=planned,
+    )
+
+
+# what the cell's record keeps of each worker's result (not its histograms or samples)
+WORKER_FIELDS = (
+    "index",
+    "host",
+    "cores",
+    "versions",
+    "requests",
+    "errors",
+    "wall_s",
+    "client_cpu_s",
+    "steal_s",
+    "client_cpu_share",
+    "late",
+    "dropped",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,13 +406,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wire-requests", type=int, default=0, help="first count wire bytes over N requests"
     )
-    parser.add_argument("--raw", type=Path, default=None, help="save every latency here (.npy)")
+    parser.add_argument(
+        "--load-processes", type=int, default=1, help="local worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--expect-workers", type=int, default=0, help="workers from other hosts to wait for"
+    )
+    parser.add_argument(
+        "--master-bind",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where workers connect (port 0: a free one, for local workers only)",
+    )
+    parser.add_argument(
+        "--worker-timeout", type=float, default=30.0, help="s to wait for the workers"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     request = CellRequest.from_namespace(build_parser().parse_args(argv))
-    print(run_cell(request).to_json())
+    try:
+        print(run_cell(request).to_json())
+    except WorkersMissing as exc:
+        print(f"wiremark cell: {exc}", file=sys.stderr)
+        return WORKERS_MISSING_EXIT
+    except CellError as exc:
+        print(f"wiremark cell: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

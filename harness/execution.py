@@ -1,17 +1,17 @@
-"""Running one cell: its load-generator processes (`harness/cell.py`, through the typed
-protocol of `harness/protocol.py`), their latencies merged at full resolution, and worker
-scaling: a client-bound cell is re-run with one more process while load cores remain."""
+"""Running one cell: its master process (`harness/cell.py`, through the typed protocol of
+`harness/protocol.py`), which runs it on Locust workers and merges their histograms, and
+worker scaling: a client-bound cell is re-run with one more local worker while load cores
+remain."""
 
 from __future__ import annotations
 
-import math
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from .cell import READY_TIMEOUT, WORKERS_MISSING_EXIT
+from .histogram import Latencies
 from .protocol import CellRequest, CellResult
 from .record import Measured, Reference, failed_cell, record
 from .scenario import CellSpec, Scenario
@@ -32,84 +32,92 @@ class Target:
     tls: Trust | None = None  # it serves TLS: clients verify it against this
 
 
-def split(total: int | float, parts: int) -> list[Any]:
-    if isinstance(total, float):
-        return [total / parts] * parts
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+@dataclass
+class Workers:
+    """Where a cell's load comes from: local worker processes (scaled up while the cell is
+    client-bound, unless `fixed`) and workers on other hosts that connect to `master_bind`
+    (`wiremark worker --master HOST:PORT`), waited for up to `timeout` s."""
+
+    local: int = 1
+    remote: int = 0
+    master_bind: str = "127.0.0.1:0"
+    timeout: float = 30.0
+    fixed: bool = False  # the user chose --load-processes: no scaling
 
 
-def requests(
+def request(
     spec: CellSpec,
     target: Target,
     rate: float | None,
     processes: int,
     scenario: Scenario,
     wire: bool,
-    tmp: Path,
-) -> list[CellRequest]:
-    """One cell as `processes` load-generator requests: users (or the rate) shared out; the
-    first also watches the server, samples replies and (`wire`) counts wire bytes."""
-    users = (
-        split(spec.concurrency, processes)
-        if rate is None
-        else [max(1, math.ceil(spec.concurrency / processes))] * processes
-    )
-    rates = split(float(rate), processes) if rate is not None else [0.0] * processes
+    workers: Workers | None = None,
+) -> CellRequest:
+    """One cell as its master process is asked for it: over `processes` local workers (and
+    the remote ones); its master watches the server, its first worker samples replies and
+    (`wire`) counts wire bytes."""
+    workers = workers or Workers()
     # an open loop sends `rate` a second whatever happens: give it the time its minimum
     # takes at that rate (and a margin), so a slow model's low rate can still be valid
     longest = scenario.max_duration_s
     if rate:
         longest = max(longest, OPEN_LOOP_MARGIN * scenario.min_requests / rate)
-    out = []
-    for i in range(processes):
-        first = i == 0
-        out.append(
-            CellRequest(
-                transport=spec.transport,
-                address=target.address,
-                model=spec.model,
-                users=max(1, users[i]),
-                duration=scenario.duration_s,
-                warmup=scenario.warmup_s,
-                max_duration=round(longest, 3),
-                min_requests=math.ceil(scenario.min_requests / processes),
-                batch=spec.batch,
-                encoding=spec.encoding,
-                compression=spec.compression,
-                client=spec.client,
-                tls=target.tls is not None,
-                tls_ca=str(target.tls.ca) if target.tls and target.tls.ca else None,
-                rate=rates[i],
-                arrival=spec.arrival or "constant",
-                server_pid=target.pid if first and target.pid else None,
-                sample=scenario.sample if first else 0,
-                wire_requests=scenario.wire_requests if first and wire else 0,
-                raw=tmp / f"lat{i}.npy",
-            )
-        )
-    return out
-
-
-def merge(results: list[CellResult], latencies: Any, open_loop: bool) -> Measured:
-    """Several processes' results as one: every latency, sums of counts and CPU, the
-    first process's server figures, samples and wire bytes."""
-    first = results[0]
-    return Measured(
-        latencies=latencies,
-        duration_s=max(r.duration_s for r in results),
-        errors=sum(r.errors for r in results),
-        first_error=next((r.first_error for r in results if r.first_error), ""),
-        client_cpu_s=sum(r.client_cpu_s for r in results),
-        steal_s=first.steal_s,
-        reply_bytes=first.reply_bytes,
-        server_cpu_s=first.server_cpu_s,
-        server_peak_rss_mb=first.server_peak_rss_mb,
-        late=sum(r.late or 0 for r in results) if open_loop else None,
-        dropped=sum(r.dropped or 0 for r in results) if open_loop else None,
-        samples=first.samples,
-        wire_up_bytes=first.wire_up_bytes,
-        wire_down_bytes=first.wire_down_bytes,
+    return CellRequest(
+        transport=spec.transport,
+        address=target.address,
+        model=spec.model,
+        users=spec.concurrency,
+        duration=scenario.duration_s,
+        warmup=scenario.warmup_s,
+        max_duration=round(longest, 3),
+        min_requests=scenario.min_requests,
+        batch=spec.batch,
+        encoding=spec.encoding,
+        compression=spec.compression,
+        client=spec.client,
+        tls=target.tls is not None,
+        tls_ca=str(target.tls.ca) if target.tls and target.tls.ca else None,
+        rate=float(rate or 0.0),
+        arrival=spec.arrival or "constant",
+        server_pid=target.pid,
+        sample=scenario.sample,
+        wire_requests=scenario.wire_requests if wire else 0,
+        load_processes=processes,
+        expect_workers=workers.remote,
+        master_bind=workers.master_bind,
+        worker_timeout=workers.timeout,
     )
+
+
+def measured(result: CellResult) -> Measured:
+    """What the cell's master merged, as the record reads it."""
+    return Measured(
+        histogram=Latencies.decode(result.histogram),
+        uncorrected=Latencies.decode(result.uncorrected_histogram)
+        if result.uncorrected_histogram
+        else None,
+        encoded=result.histogram,
+        encoded_uncorrected=result.uncorrected_histogram,
+        duration_s=result.duration_s,
+        errors=result.errors,
+        first_error=result.first_error,
+        client_cpu_s=result.client_cpu_s,
+        reply_bytes=result.reply_bytes,
+        server_cpu_s=result.server_cpu_s,
+        server_peak_rss_mb=result.server_peak_rss_mb,
+        late=result.late,
+        dropped=result.dropped,
+        samples=result.samples,
+        wire_up_bytes=result.wire_up_bytes,
+        wire_down_bytes=result.wire_down_bytes,
+        workers=result.workers,
+        workers_planned=result.workers_planned,
+    )
+
+
+class WorkersMissing(BenchError):
+    """The workers a cell waited for did not all come: the run cannot go on without them."""
 
 
 @dataclass
@@ -120,39 +128,32 @@ class Executor:
     client_cpus: str | None  # taskset list, or None: unpinned
     client_cores: int
     tmp: Path
+    workers: Workers = field(default_factory=Workers)
     # (workload, transport) -> wire bytes up, down: counted once per workload
     wired: dict[tuple[Any, ...], tuple[float | None, float | None]] = field(default_factory=dict)
 
     def load(
         self, spec: CellSpec, target: Target, rate: float | None, processes: int, wire: bool
     ) -> Measured:
-        """Run one cell over `processes` load-generator processes; merge their latencies."""
-        asked = requests(spec, target, rate, processes, self.scenario, wire, self.tmp)
-        procs = [
-            subprocess.Popen(
-                r.argv(self.client_cpus), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-            for r in asked
-        ]
-        results = []
-        limit = max(r.max_duration for r in asked) + self.scenario.warmup_s + 180
+        """Run one cell over `processes` local workers (and the remote ones)."""
+        asked = request(spec, target, rate, processes, self.scenario, wire, self.workers)
+        limit = asked.max_duration + asked.warmup + asked.worker_timeout + READY_TIMEOUT + 60
         try:
-            for proc in procs:
-                stdout, stderr = proc.communicate(timeout=limit)
-                try:
-                    if proc.returncode != 0:
-                        raise ValueError(f"exit {proc.returncode}")
-                    results.append(CellResult.from_output(stdout))
-                except ValueError:
-                    raise BenchError(
-                        f"{spec.label()}: load process failed:\n{stderr.strip()[-1500:]}"
-                    ) from None
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-        latencies = np.concatenate([np.load(r.raw) for r in asked if r.raw is not None])
-        return merge(results, latencies, rate is not None)
+            done = subprocess.run(
+                asked.argv(self.client_cpus), capture_output=True, text=True, timeout=limit
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{spec.label()}: the cell did not end within {limit:.0f} s") from None
+        problem = done.stderr.strip()
+        if done.returncode == WORKERS_MISSING_EXIT:
+            last = problem.splitlines()[-1] if problem else "workers missing"
+            raise WorkersMissing(last.removeprefix("wiremark cell: "))
+        try:
+            if done.returncode != 0:
+                raise ValueError(f"exit {done.returncode}")
+            return measured(CellResult.from_output(done.stdout))
+        except ValueError:
+            raise BenchError(f"{spec.label()}: load process failed:\n{problem[-1500:]}") from None
 
     def measure(
         self,
@@ -163,17 +164,20 @@ class Executor:
         reference: Reference,
         conformance_failed: bool,
     ) -> dict[str, Any]:
-        """One cell, adding load-generator processes while it is client-bound and cores
-        remain; the result-file cell, with what scaling concluded."""
-        processes = 1
+        """One cell, adding local load workers while it is client-bound and cores remain
+        (unless their number was fixed or the load is remote); the result-file cell, with
+        what scaling concluded."""
+        first = processes = self.workers.local
         key = (spec.workload, spec.transport)
         wire = key not in self.wired
         while True:
             try:
-                got = self.load(spec, target, rate, processes, wire and processes == 1)
+                got = self.load(spec, target, rate, processes, wire and processes == first)
+            except WorkersMissing:
+                raise
             except BenchError as exc:  # one broken cell does not end a long run
                 return failed_cell(spec, trial, rate, str(exc), reference)
-            if processes == 1 and wire:
+            if processes == first and wire:
                 self.wired[key] = (got.wire_up_bytes, got.wire_down_bytes)
             got.wire_up_bytes, got.wire_down_bytes = self.wired.get(key, (None, None))
             cell = record(
@@ -182,7 +186,6 @@ class Executor:
                 rate,
                 got,
                 processes,
-                self.client_cores,
                 reference,
                 self.scenario,
                 conformance_failed,
@@ -190,9 +193,12 @@ class Executor:
             if not cell["client_bound"]:
                 cell["scaling"] = (
                     "server-bound"
-                    if processes == 1
-                    else f"server-bound with {processes} load-generator processes"
+                    if processes == 1 and not self.workers.remote
+                    else f"server-bound with {got.workers_planned} load workers"
                 )
+                return cell
+            if self.workers.fixed or self.workers.remote:
+                cell["scaling"] = "client-bound: the load workers asked for were not enough"
                 return cell
             if processes >= self.client_cores:
                 cell["scaling"] = (

@@ -1,7 +1,9 @@
-"""The cell-process protocol: what a load-generator process is asked to do (`CellRequest`,
+"""The cell-process protocol: what a cell's master process is asked to do (`CellRequest`,
 its command line) and what it answers (`CellResult`, one JSON object on its last line of
-stdout). `bench` and `calibrate` build requests here; `harness/cell.py` reads them back.
-Typed both ways, so neither side reads the other's output by string keys.
+stdout); and what the master tells each of its workers (`Share`, and the message names).
+`bench` and `calibrate` build requests here; `harness/cell.py` reads them back. Typed both
+ways, so neither side reads the other's output by string keys. No Locust here: importing it
+patches a process for gevent.
 """
 
 from __future__ import annotations
@@ -10,15 +12,25 @@ import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 MODULE = "wiremark.harness.cell"
 
+# wiremark's messages between a cell's master and its workers, beside Locust's own
+# (`harness/worker.py` says what each does)
+MSG_PLAN = "wiremark_plan"
+MSG_READY = "wiremark_ready"
+MSG_OPEN = "wiremark_open"
+MSG_MEASURE = "wiremark_measure"
+MSG_FINISH = "wiremark_finish"
+MSG_RESULT = "wiremark_result"
+MSG_REJOIN = "wiremark_rejoin"  # master to an unknown worker: say client_ready again
+REPLIES = "wiremark_replies"  # the key of the reply count in a worker's Locust report
+
 
 @dataclass
 class CellRequest:
-    """One load-generator process: `users` closed-loop users, or an open loop at `rate`
+    """One cell's master process: `users` closed-loop users, or an open loop at `rate`
     requests/s over at most `users` connections, against one server."""
 
     transport: str
@@ -41,7 +53,10 @@ class CellRequest:
     server_pid: int | None = None  # measure this process's CPU and peak memory
     sample: int = 0  # replies to keep for checking
     wire_requests: int = 0  # first count the bytes on the wire over this many requests
-    raw: Path | None = None  # save every latency here (.npy)
+    load_processes: int = 1  # local worker processes
+    expect_workers: int = 0  # and this many from other hosts (`wiremark worker --master`)
+    master_bind: str = "127.0.0.1:0"  # HOST:PORT where the workers connect
+    worker_timeout: float = 30.0  # s to wait for them
 
     def argv(self, cpus: str | None = None) -> list[str]:
         """The command that runs this request (pinned with taskset to `cpus`)."""
@@ -64,7 +79,7 @@ class CellRequest:
 
 @dataclass
 class CellResult:
-    """What one load-generator process measured over its window."""
+    """What one cell measured over its window, its workers' figures merged."""
 
     requests: int
     errors: int
@@ -90,6 +105,10 @@ class CellResult:
     steal_s: float = 0.0  # what the hypervisor took from this process's cores meanwhile
     first_error: str = ""
     samples: list[dict[str, str]] = field(default_factory=list)  # body (base64), timing
+    histogram: str = ""  # every latency (ms, from the intended send), HdrHistogram-encoded
+    uncorrected_histogram: str | None = None  # open loop: from the actual send
+    workers: list[dict[str, Any]] = field(default_factory=list)  # each worker that finished
+    workers_planned: int = 1  # the workers the cell started with
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -103,3 +122,49 @@ class CellResult:
         doc = json.loads(lines[-1])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in doc.items() if k in known})
+
+
+@dataclass
+class Share:
+    """One worker's part of a cell."""
+
+    index: int  # 0 .. workers - 1
+    workers: int
+    users: int  # open loop: this worker's connections (closed loop: Locust dispatches users)
+    rate: float  # open loop: this worker's requests/s (0: closed loop)
+    phase: float  # open loop: seconds by which this worker's schedule starts later
+    sample: int  # replies to sample for checking
+    wire_requests: int  # first count the wire bytes over this many requests
+    seed: int  # open loop: the arrival schedule's seed (Poisson gaps differ per worker)
+
+
+def shares(workers: int, users: int, rate: float, sample: int, wire_requests: int) -> list[Share]:
+    """A cell's load over `workers`: the rate split evenly with schedules offset by
+    1/rate each (worker i's sends fall between the others'), as many connections each as
+    the whole cell has (each must be able to absorb a stall), sampling and wire bytes on
+    the first worker."""
+    out = []
+    for i in range(workers):
+        out.append(
+            Share(
+                index=i,
+                workers=workers,
+                users=max(1, users),
+                rate=rate / workers if rate else 0.0,
+                phase=i / rate if rate else 0.0,
+                sample=sample if i == 0 else 0,
+                wire_requests=wire_requests if i == 0 else 0,
+                seed=i,
+            )
+        )
+    return out
+
+
+def parse_address(text: str, bind: bool = False) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets) as (host, port), port 0 allowed to `bind`; a
+    ValueError naming the problem."""
+    host, sep, port = text.rpartition(":")
+    low = 0 if bind else 1
+    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)

@@ -1,4 +1,4 @@
-"""From what the load processes measured to a result-file cell (`reports/records.py`): the
+"""From what the load workers measured to a result-file cell (`reports/records.py`): the
 in-process references, the sampled replies checked against them, the validity rules."""
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from wiremark.payloads.contract import MODEL_FAMILIES, PixelEncoding, Prediction
 from wiremark.payloads.timing import parse_server_timing
 from wiremark.reports import records
 
-from .cell import CLIENT_BOUND, batch_for, percentiles
+from .cell import CLIENT_BOUND, batch_for
 from .conformance import Cell as ConformCell
 from .conformance import compare
+from .histogram import Latencies
 from .scenario import CellSpec, Scenario
 
 
@@ -71,14 +72,16 @@ class References:
 
 @dataclass
 class Measured:
-    """One cell's load processes, merged: every latency (full resolution) and the sums."""
+    """One cell's load workers, merged: every latency (full resolution) and the sums."""
 
-    latencies: Any  # numpy float64 ms
+    histogram: Latencies  # ms from the intended send
+    uncorrected: Latencies | None  # open loop: ms from the actual send
+    encoded: str  # the histograms as the result file keeps them
+    encoded_uncorrected: str | None
     duration_s: float
     errors: int
     first_error: str
     client_cpu_s: float
-    steal_s: float
     reply_bytes: float
     server_cpu_s: float | None
     server_peak_rss_mb: float | None
@@ -87,6 +90,8 @@ class Measured:
     samples: list[dict[str, str]]
     wire_up_bytes: float | None
     wire_down_bytes: float | None
+    workers: list[dict[str, Any]] = field(default_factory=list)  # each that finished
+    workers_planned: int = 1
 
 
 @dataclass
@@ -153,17 +158,16 @@ def record(
     rate: float | None,
     got: Measured,
     processes: int,
-    client_cores: int,
     reference: Reference,
     scenario: Scenario,
     conformance_failed: bool,
 ) -> dict[str, Any]:
     """The result-file cell of one measurement, with its validity and reasons."""
-    lat, wall = got.latencies, got.duration_s
-    n = int(lat.size)
-    # the load generator's CPU over what its cores could give it (less hypervisor steal)
-    available = wall * min(processes, client_cores) - got.steal_s
-    share = got.client_cpu_s / available if available > 0 else 0.0
+    wall = got.duration_s
+    n = got.histogram.count
+    # the busiest worker's CPU over the core it had (less what the hypervisor stole): one
+    # client-bound worker is a bottleneck, whatever the others did
+    share = max((w["client_cpu_share"] for w in got.workers), default=0.0)
     check = check_samples(spec, got.samples, reference)
     reasons = []
     # no reply at all: the cell measured neither side (a load generator spinning on refused
@@ -187,7 +191,14 @@ def record(
         )
     if conformance_failed:
         reasons.append("conformance check failed for this model and transport")
-    pct = percentiles(lat)
+    finished = len(got.workers)
+    if finished < got.workers_planned:
+        reasons.append(
+            f"{got.workers_planned - finished} of {got.workers_planned} load workers lost "
+            f"mid-cell; {finished} finished it"
+        )
+    pct = got.histogram.summary()
+    unc = got.uncorrected.summary() if got.uncorrected is not None else None
     server_cpu = got.server_cpu_s
     return {
         **identity(spec, trial, rate),
@@ -196,6 +207,7 @@ def record(
         "errors": got.errors,
         "rps": round(n / wall, 1) if wall else 0.0,
         **{f"{k}_ms": v for k, v in pct.items()},
+        **{f"uncorrected_{k}_ms": unc[k] if unc else None for k in records.UNCORRECTED},
         "late": got.late,
         "dropped": got.dropped,
         "request_bytes": reference.request_bytes[spec.transport],
@@ -214,6 +226,11 @@ def record(
         "inprocess_ms": round(reference.inprocess_ms, 4),
         "transport_tax_ms": records.transport_tax(pct["p50"], reference.inprocess_ms),
         "processes": processes,
+        "workers": finished,
+        "workers_planned": got.workers_planned,
+        "load_workers": got.workers,
+        "latency_hdr": got.encoded,
+        "latency_hdr_uncorrected": got.encoded_uncorrected,
         "client_bound": share >= CLIENT_BOUND and not no_replies,
         "scaling": "",
         "sampled": check.checked,
@@ -226,7 +243,7 @@ def record(
 def failed_cell(
     spec: CellSpec, trial: int, rate: float | None, message: str, reference: Reference
 ) -> dict[str, Any]:
-    """The record of a cell whose load processes failed: no figures, and why."""
+    """The record of a cell whose load process failed: no figures, and why."""
     last = message.strip().splitlines()[-1] if message.strip() else "unknown failure"
     return {
         **identity(spec, trial, rate),

@@ -8,7 +8,7 @@ in ms (measured here with perf_counter, full resolution), response_length = repl
 
 Importing Locust patches the process for gevent, and grpcio only cooperates with gevent
 when patched before any channel exists and does not survive fork() once one does: use
-this module in a fresh load-generator process (`harness/cell.py`), never in one that
+this module in a fresh load-worker process (`harness/worker.py`), never in one that
 already holds a channel.
 
 Closed loop runs the users through Locust's own runner (a task, no wait). Open loop
@@ -81,17 +81,19 @@ class TransportUser(User):
         """One request; the reply body and (when `sample`) its Server-Timing."""
         raise NotImplementedError
 
-    def request(self, start: float) -> None:
-        """Send one request and report it, its latency counted from `start`."""
+    def request(self, start: float, behind_ms: float | None = None) -> None:
+        """Send one request and report it, its latency counted from `start`; `behind_ms`
+        (open loop): how late after `start` it was actually sent, for the listeners'
+        uncorrected latency."""
         sample = self.workload.sampled()
-        context: dict[str, Any] = {}
+        context: dict[str, Any] = {} if behind_ms is None else {"behind_ms": behind_ms}
         try:
             reply, timing = self.send(sample)
         except Exception as exc:
             self.fire(start, 0, exc, context)
             return
         if sample:
-            context = {"reply": reply, "server_timing": timing}
+            context |= {"reply": reply, "server_timing": timing}
         self.fire(start, len(reply), None, context)
 
     @task
@@ -143,7 +145,9 @@ class OpenLoop:
     send's latency counts from its intended time, so time spent waiting for a free
     connection, or behind a late scheduler, is the server's latency too. A send that starts
     more than LATE_MS behind schedule is `late`; one that found no free connection within
-    `max_wait` seconds is `dropped` (never sent).
+    `max_wait` seconds is `dropped` (never sent). Each send also tells the listeners how far
+    behind schedule it went out (`behind_ms`), for the uncorrected latency. The schedule
+    starts `phase` seconds late (several workers' schedules interleave).
     """
 
     LATE_MS = 1.0
@@ -157,6 +161,7 @@ class OpenLoop:
         arrival: str = "constant",
         max_wait: float = 1.0,
         seed: int = 0,
+        phase: float = 0.0,
     ) -> None:
         self.environment = environment
         self.users = [user_cls(environment) for _ in range(max(1, connections))]
@@ -165,6 +170,7 @@ class OpenLoop:
         self.arrival = arrival
         self.max_wait = max_wait
         self.rng = np.random.default_rng(seed)
+        self.phase = phase
         self.late = 0
         self.dropped = 0
         self.greenlets = gevent.pool.Group()
@@ -182,7 +188,7 @@ class OpenLoop:
         return np.full(n, 1.0 / self.rate)
 
     def _schedule(self) -> None:
-        due = time.perf_counter()
+        due = time.perf_counter() + self.phase
         while True:
             for gap in self.gaps(1024):
                 due += gap
@@ -198,9 +204,10 @@ class OpenLoop:
             self.dropped += 1
             return
         try:
-            if (time.perf_counter() - due) * 1000.0 > self.LATE_MS:
+            behind = (time.perf_counter() - due) * 1000.0
+            if behind > self.LATE_MS:
                 self.late += 1
-            user.request(due)
+            user.request(due, max(0.0, behind))
         finally:
             self.free.put(user)
 

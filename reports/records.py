@@ -2,9 +2,9 @@
 
 `DIR/results.json` is one JSON object, rewritten whole (atomically) after every cell, so an
 interrupted run keeps every cell it finished; `DIR/results.csv` holds the same cells, one
-row each. Fields (schema_version 5; `load` reads 1 to 5):
+row each. Fields (schema_version 6; `load` reads 1 to 6):
 
-    schema_version   5
+    schema_version   6
     wiremark         the wiremark version that wrote the file
     run_id           e.g. "20261122T103800Z-3f5060c"
     started, finished  ISO-8601 UTC; finished is null while the run is going (or was cut)
@@ -54,8 +54,21 @@ A cell (None where not measured):
     requests, errors completed requests and failed ones in the window
     rps              completed requests per second
     p50_ms p90_ms p95_ms p99_ms p999_ms   the latency percentiles (PERCENTILES), and
-    max_ms mean_ms   from every latency (no buckets); open loop counts from the intended
-                     send time
+    max_ms mean_ms   from every latency: the load workers' HdrHistograms merged (3
+                     significant digits; schemas 1-5 kept every latency as a float); open
+                     loop counts from the intended send time
+    uncorrected_p50_ms ... uncorrected_max_ms   open loop: the same (UNCORRECTED) counted
+                     from the actual send, as wrk2 reports beside the corrected ones; null
+                     in closed loop and in schemas 1-5
+    latency_hdr, latency_hdr_uncorrected   those histograms, HdrHistogram's compressed
+                     base64 encoding (µs; `harness/histogram.py` reads it): the JSON file
+                     only, not the CSV
+    workers, workers_planned   load workers that finished the cell, of those it started
+                     with (fewer: the cell is invalid); schemas 1-5 had neither
+    load_workers     each finished worker: index, host, cores, versions, requests, errors,
+                     wall_s, client_cpu_s, steal_s (CPU the hypervisor took from its
+                     cores), client_cpu_share (of its one core), late, dropped,
+                     client_bound. The JSON file only
     late, dropped    open loop: sends more than 1 ms behind schedule, and sends skipped
                      because `concurrency` requests were already in flight
     request_bytes, response_bytes   body bytes per request (protobuf message / JSON / msgpack)
@@ -63,7 +76,8 @@ A cell (None where not measured):
                      (headers and framing included), from a separate relay pass
     client_cpu_ms, server_cpu_ms    CPU time per request (user+system) of the load generator
                      and of the server process
-    client_cpu_share CPU used by the load generator / cores it had (1.0 = saturated)
+    client_cpu_share CPU used by the load generator / cores it had (1.0 = saturated); from
+                     schema 6, the busiest worker's share of its core
     server_peak_rss_mb   the server's peak resident memory so far (VmHWM)
     server_decode_ms, server_infer_ms, server_encode_ms  medians of the Server-Timing of
                      sampled replies
@@ -73,8 +87,9 @@ A cell (None where not measured):
     transport_tax_ms what the transport adds: p50_ms - inprocess_ms (`transport_tax`),
                      rounded to 4 places; None where either is missing. Schema 1 had no
                      such field: `load` fills it in from those two.
-    processes        load-generator processes used
-    client_bound     the load generator, not the server, was the bottleneck
+    processes        load-generator processes used (from schema 6: local load workers)
+    client_bound     the load generator, not the server, was the bottleneck (from schema
+                     6: at least one worker was)
     scaling          what worker scaling concluded, in words
     sampled, sample_mismatches   replies checked against the in-process reference during load
     valid            False when the cell missed its minimum duration or request count, had
@@ -98,8 +113,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 5
-READABLE_SCHEMAS = (1, 2, 3, 4, 5)  # the schema versions `load` reads
+SCHEMA_VERSION = 6
+READABLE_SCHEMAS = (1, 2, 3, 4, 5, 6)  # the schema versions `load` reads
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
 
@@ -166,6 +181,8 @@ PERCENTILES: tuple[tuple[str, float, str], ...] = (
     ("p999", 99.9, "p99.9"),
 )
 PERCENTILE_FIELDS: tuple[str, ...] = tuple(f"{key}_ms" for key, _, _ in PERCENTILES)
+# The open-loop figures a cell also records from the actual send: f"uncorrected_{key}_ms".
+UNCORRECTED: tuple[str, ...] = (*(key for key, _, _ in PERCENTILES), "max")
 
 # What makes two cells the same measurement, across trials and across runs.
 CELL_KEY = (
@@ -194,6 +211,7 @@ CELL_FIELDS = (
     *PERCENTILE_FIELDS,
     "max_ms",
     "mean_ms",
+    *(f"uncorrected_{key}_ms" for key in UNCORRECTED),
     "late",
     "dropped",
     "request_bytes",
@@ -212,6 +230,8 @@ CELL_FIELDS = (
     "inprocess_ms",
     "transport_tax_ms",
     "processes",
+    "workers",
+    "workers_planned",
     "client_bound",
     "scaling",
     "sampled",
@@ -219,6 +239,9 @@ CELL_FIELDS = (
     "valid",
     "invalid_reasons",
 )
+
+# The cell fields of the JSON file only: lists and encoded histograms, not CSV columns.
+JSON_CELL_FIELDS = ("load_workers", "latency_hdr", "latency_hdr_uncorrected")
 
 
 def _number(value: Any) -> float | None:
@@ -324,10 +347,11 @@ class ResultWriter:
     def add_cell(self, cell: dict[str, Any]) -> None:
         """Append a cell; `transport_tax_ms`, when the cell does not carry it, is worked out
         from its `p50_ms` and `inprocess_ms`."""
-        unknown = set(cell) - set(CELL_FIELDS)
+        unknown = set(cell) - set(CELL_FIELDS) - set(JSON_CELL_FIELDS)
         if unknown:
             raise ValueError(f"unknown cell field(s): {', '.join(sorted(unknown))}")
         row = {name: cell.get(name) for name in CELL_FIELDS}
+        row |= {name: cell[name] for name in JSON_CELL_FIELDS if name in cell}
         if "transport_tax_ms" not in cell:
             row["transport_tax_ms"] = transport_tax(cell.get("p50_ms"), cell.get("inprocess_ms"))
         self.doc["cells"].append(row)
@@ -350,7 +374,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def load(path: str | Path) -> Run:
-    """Read one result file (or a directory holding `results.json`), of schema 1 to 5.
+    """Read one result file (or a directory holding `results.json`), of schema 1 to 6.
 
     A schema-1 file is brought up to schema 2 as it is read: every cell gets its
     `transport_tax_ms` (`transport_tax`), and the run its "transports" (LEGACY_TRANSPORTS)

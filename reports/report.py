@@ -146,6 +146,7 @@ CELL_TABLES = (
             *((f"{key}_ms", label, "num") for key, _, label in records.PERCENTILES),
             ("max_ms", "max", "num"),
             ("mean_ms", "mean", "num"),
+            ("uncorrected_p99_ms", "p99 from send", "num"),
             ("late", "late", "int"),
             ("dropped", "dropped", "int"),
         ),
@@ -162,6 +163,7 @@ CELL_TABLES = (
             ("client_cpu_share", "client CPU share", "num"),
             ("server_peak_rss_mb", "server RSS MB", "int"),
             ("processes", "load procs", "int"),
+            ("workers", "load workers", "int"),
         ),
     ),
     (

@@ -40,10 +40,18 @@ def test_the_harness_never_imports_the_cli():
     modules = loaded_after(
         "import importlib, pkgutil, wiremark.harness as h\n"
         "for m in pkgutil.walk_packages(h.__path__, 'wiremark.harness.'):\n"
-        "    if not m.name.endswith('.users'):  # Locust patches the process for gevent\n"
+        "    if not m.name.endswith(('.users', '.worker')):  # Locust patches for gevent\n"
         "        importlib.import_module(m.name)"
     )
     assert "wiremark.harness.bench" in modules and "wiremark.cli" not in modules
+
+
+def test_building_every_command_s_parser_patches_nothing():
+    """`wiremark --help` builds every command's parser: none may import Locust, which
+    patches the process for gevent (`wiremark worker` loads it only when it runs)."""
+    modules = loaded_after("from wiremark.cli import build_parser\nbuild_parser()")
+    assert "wiremark.harness.worker_command" in modules
+    assert top(modules, "locust", "gevent") == set() and "wiremark.harness.worker" not in modules
 
 
 @pytest.mark.parametrize("command", ["report", "gate"])

@@ -18,12 +18,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pytest
 
 from wiremark.harness import scenario as scenarios
 from wiremark.harness.cell import CLIENT_BOUND
+from wiremark.harness.histogram import Latencies
 from wiremark.harness.launch import ServerProcess
 from wiremark.payloads import transport as registry
 from wiremark.reports import records
@@ -85,6 +85,16 @@ def test_a_closed_and_an_open_cell_per_transport(tiny_run):
     for cell in open_cells:  # 150/s for 1.5 s: the schedule held, nothing dropped
         assert cell["rate"] == 150 and cell["dropped"] == 0
         assert cell["rps"] == pytest.approx(150, rel=0.2)
+        # beside the latency from the intended send, the one from the actual send: never
+        # longer (a send goes out on time or late), and kept as a histogram of every reply
+        assert 0 < cell["uncorrected_p50_ms"] <= cell["p50_ms"]
+        assert 0 < cell["uncorrected_p99_ms"] <= cell["p99_ms"]
+        assert Latencies.decode(cell["latency_hdr_uncorrected"]).count == cell["requests"]
+    for cell in run.cells:
+        assert Latencies.decode(cell["latency_hdr"]).count == cell["requests"]
+        assert cell["workers"] == cell["workers_planned"] == 1
+    for cell in (c for c in run.cells if c["mode"] == "closed"):
+        assert cell["uncorrected_p50_ms"] is None and cell["latency_hdr_uncorrected"] is None
 
 
 def test_wire_bytes_exceed_body_bytes(tiny_run):
@@ -375,19 +385,21 @@ def test_the_client_library_is_a_dimension():
         scenarios.parse({"scenario": {"client": ["grpcio"]}})
 
 
-def test_load_processes_merge_full_resolution_latencies(servers, tmp_path):
-    """What worker scaling runs when a cell is client-bound and cores remain: several load
-    processes at once, their every latency merged (not two-digit buckets)."""
+def test_a_cell_on_two_local_workers_merges_their_histograms(servers, tmp_path):
+    """What worker scaling runs when a cell is client-bound and cores remain: a cell master
+    with two local Locust workers, whose HdrHistograms merge into the cell's (every
+    latency counted once), sampling on the first worker only."""
     from wiremark.harness.execution import Executor, Target
 
     spec = scenarios.CellSpec("iris", "json", "closed", 4, None, None, 1, "raw", "none")
     scenario = scenarios.Scenario(duration_s=1.0, warmup_s=0.3, min_requests=10, sample=3)
     target = Target("json", servers["json"].address, servers["json"].proc.pid)
     merged = Executor(scenario, None, 1, tmp_path).load(spec, target, None, 2, wire=False)
-    sizes = [len(np.load(tmp_path / f"lat{i}.npy")) for i in range(2)]
-    assert all(n > 10 for n in sizes) and merged.latencies.size == sum(sizes)
+    sizes = [w["requests"] for w in merged.workers]
+    assert merged.workers_planned == 2 and len(sizes) == 2 and all(n > 10 for n in sizes)
+    assert merged.histogram.count == sum(sizes)
     assert merged.errors == 0 and merged.server_cpu_s > 0
-    assert len(merged.samples) == 3  # sampled in the first process only
+    assert len(merged.samples) == 3  # sampled in the first worker only
 
 
 def test_inject_delay_reaches_the_servers(tmp_path):

@@ -312,7 +312,7 @@ def test_transport_tax_is_recorded(tmp_path: Path) -> None:
     writer.add_cell({"model": "iris", "transport": "grpc", "p50_ms": 0.5, "inprocess_ms": 0.1})
     writer.add_cell({"model": "iris", "transport": "json", "p50_ms": 0.5})
     run = records.load(tmp_path)
-    assert run.meta["schema_version"] == records.SCHEMA_VERSION == 5
+    assert run.meta["schema_version"] == records.SCHEMA_VERSION == 6
     assert [c["transport_tax_ms"] for c in run.cells] == [0.4, None]
     assert run.transports == synthetic.TRANSPORTS
 
@@ -525,7 +525,7 @@ def test_cli_writes_the_report(rendered: dict[str, Path], tmp_path: Path) -> Non
         (None, "no such result file"),
         (
             '{"schema_version": 99, "cells": []}',
-            "schema_version 99; this wiremark reads 1, 2, 3, 4 and 5",
+            "schema_version 99; this wiremark reads 1, 2, 3, 4, 5 and 6",
         ),
         ("not json", "not a wiremark result file"),
     ],

@@ -1,0 +1,463 @@
+"""A load worker: a Locust worker runner that takes its part of each cell from a wiremark
+cell master (`harness/cell.py`), records every latency in HdrHistograms and ships them back.
+
+    wiremark worker --master HOST:PORT     # on a load host: every cell of a bench run
+    python -m wiremark.harness.worker --master 127.0.0.1:PORT --once   # bench's local ones
+
+A worker connects to the master with Locust's own protocol (`WorkerRunner`) and is told
+what to do with wiremark's messages beside Locust's (`MSG_*`, `register_message`):
+
+1. PLAN (master to worker): the cell (transport, address, model, batch, TLS and its CA as
+   PEM text, so a worker on another host needs no files) and this worker's `Share`. The
+   worker builds its users and, when asked, first counts the bytes on the wire
+   (`wire_bytes`); it answers READY.
+2. Closed loop: the master's runner spawns `CellUser`s over the workers (Locust's
+   dispatcher). Open loop: OPEN starts this worker's `OpenLoop` at its share of the rate,
+   its schedule offset by its index so the workers' sends interleave.
+3. MEASURE opens the measured window (warm-up is what came before, on every worker alike);
+   the worker's Locust reports carry its reply count so far (`REPLIES`), for the master's
+   minimum-requests rule.
+4. FINISH closes it. The worker answers RESULT: its histograms encoded (`Latencies`), in
+   open loop one from the intended send times (corrected) and one from the actual sends
+   (uncorrected), its errors, its CPU and the CPU the hypervisor stole from its cores, its
+   host, cores and versions, and the replies it sampled for checking.
+5. The master's `quit` ends the cell: `--once` exits, otherwise the worker connects again
+   for the next cell, whose master binds the same address.
+
+A worker is a fresh process (never forked from one holding a gRPC channel: grpcio does not
+survive a fork), patched for gevent by Locust.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import os
+import platform
+import random
+import resource
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gevent
+from locust import User, task
+
+from .histogram import Latencies
+from .protocol import (
+    MSG_FINISH,
+    MSG_MEASURE,
+    MSG_OPEN,
+    MSG_PLAN,
+    MSG_READY,
+    MSG_REJOIN,
+    MSG_RESULT,
+    REPLIES,
+    Share,
+    parse_address,
+)
+from .steal import CLOCK_TICKS, steal_ticks
+
+REPORT_INTERVAL = 0.5  # s between a worker's reports (Locust's default is 3)
+CONNECT_TIMEOUT = 300.0  # s a worker keeps trying to reach its master (Locust: 60 x 5 s)
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("wiremark", "locust", "grpcio", "hdrhistogram"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = ""
+    return out
+
+
+class Recorder:
+    """What this worker's users report through `events.request`, inside the window."""
+
+    def __init__(self, sample: int) -> None:
+        self.measuring = False
+        self.corrected = Latencies()  # closed loop: the only one
+        self.uncorrected = Latencies()  # open loop: from the actual send
+        self.errors = 0
+        self.bytes = 0
+        self.first_error = ""
+        self.sample = sample
+        self.rng = random.Random(1)
+        self.samples: list[dict[str, str]] = []
+
+    @property
+    def replies(self) -> int:
+        return self.corrected.count
+
+    def on_request(
+        self,
+        response_time: float,
+        response_length: int,
+        exception: Any,
+        context: dict[str, Any],
+        **_: Any,
+    ) -> None:
+        if not self.measuring:
+            return
+        if exception is not None:
+            self.errors += 1
+            self.first_error = self.first_error or str(exception)[:300]
+            return
+        self.corrected.record(response_time)
+        behind = context.get("behind_ms")
+        if behind is not None:
+            self.uncorrected.record(response_time - behind)
+        self.bytes += response_length
+        body = context.get("reply")
+        if body is None or not self.sample:
+            return
+        kept = {
+            "body": base64.b64encode(body).decode(),
+            "server_timing": context.get("server_timing") or "",
+        }
+        if len(self.samples) < self.sample:
+            self.samples.append(kept)
+        else:  # a reservoir: an offered reply replaces a random one (see Workload.sampled)
+            self.samples[self.rng.randrange(self.sample)] = kept
+
+
+class CountingRelay:
+    """A TCP relay on loopback that counts the bytes going each way."""
+
+    def __init__(self, upstream: str) -> None:
+        from gevent.server import StreamServer
+
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host.strip("[]"), int(port))
+        self.up = self.down = 0
+        self.server = StreamServer(("127.0.0.1", 0), self._handle)
+        self.server.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_port}"
+
+    def _handle(self, client: Any, _peer: Any) -> None:
+        from gevent import socket as gsocket
+
+        server = gsocket.create_connection(self.upstream)
+
+        def pump(src: Any, dst: Any, up: bool) -> None:
+            try:
+                while data := src.recv(65536):
+                    if up:
+                        self.up += len(data)
+                    else:
+                        self.down += len(data)
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for sock in (src, dst):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(gsocket.SHUT_RDWR)
+
+        gevent.joinall(
+            [gevent.spawn(pump, client, server, True), gevent.spawn(pump, server, client, False)]
+        )
+        server.close()
+        client.close()
+
+    def reset(self) -> None:
+        self.up = self.down = 0
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def wire_bytes(
+    env: Any, cls: Any, requests: int, warm: int = 5, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Bytes on the wire per request, each way, through a CountingRelay; a RuntimeError
+    when a request fails or the pass takes longer than `timeout` seconds."""
+    relay = CountingRelay(cls.address)
+    try:
+        user = type(cls.__name__, (cls,), {"address": relay.address})(env)
+        user.on_start()
+        failures: list[Any] = []
+
+        def on_request(exception: Any, **_: Any) -> None:
+            if exception is not None:
+                failures.append(exception)
+
+        env.events.request.add_listener(on_request)
+        overdue = RuntimeError(f"wire pass: not done within {timeout:.0f} s")
+        try:
+            with gevent.Timeout(timeout, overdue):
+                for _ in range(warm):
+                    user.predict()
+                relay.reset()
+                for _ in range(requests):
+                    user.predict()
+            up, down = relay.up, relay.down
+        finally:
+            env.events.request.remove_listener(on_request)
+            user.on_stop()
+        if failures:
+            raise RuntimeError(f"wire pass: {failures[0]}")
+        return {
+            "wire_up_bytes": round(up / requests, 1),
+            "wire_down_bytes": round(down / requests, 1),
+        }
+    finally:
+        relay.close()
+
+
+class Job:
+    """This worker's part of one cell: its users' class, its recorder, its open loop."""
+
+    def __init__(self, env: Any, cell: dict[str, Any], share: Share, ca_pem: str | None) -> None:
+        from wiremark.payloads.contract import PixelEncoding
+
+        from .cell import batch_for
+        from .tls import Trust
+        from .users import Workload, user_class
+
+        self.env, self.cell, self.share = env, cell, share
+        workload = Workload()
+        workload.model, workload.encoding = cell["model"], PixelEncoding(cell["encoding"])
+        workload.batch = batch_for(cell["model"], cell["batch"])
+        workload.compression = cell["compression"]
+        workload.sample_size = share.sample
+        self.workload = workload
+        self.ca_file: Path | None = None
+        trust = None
+        if cell["tls"]:
+            if ca_pem:  # the master's CA, as text: this host need not have the file
+                fd, name = tempfile.mkstemp(prefix="wiremark-ca-", suffix=".pem")
+                with os.fdopen(fd, "w") as out:
+                    out.write(ca_pem)
+                self.ca_file = Path(name)
+            trust = Trust(self.ca_file)
+        self.user_cls = user_class(
+            cell["transport"], cell["address"], workload, cell["client"], trust
+        )
+        self.recorder = Recorder(share.sample)
+        env.events.request.add_listener(self.recorder.on_request)
+        self.open_loop: Any = None
+        self.cores = sorted(os.sched_getaffinity(0))
+        self.start = 0.0
+        self.usage: Any = None
+        self.stolen: list[int] = []
+
+    def open(self) -> None:
+        from .users import OpenLoop
+
+        self.open_loop = OpenLoop(
+            self.env,
+            self.user_cls,
+            self.share.users,
+            self.share.rate,
+            self.cell["arrival"],
+            self.cell["max_wait"],
+            seed=self.share.seed,
+            phase=self.share.phase,
+        )
+        self.open_loop.start()
+
+    def begin(self) -> None:
+        self.stolen = steal_ticks(self.cores)
+        self.usage = resource.getrusage(resource.RUSAGE_SELF)
+        if self.open_loop is not None:
+            self.open_loop.reset_counts()
+        self.workload.calls = itertools.count(1)  # sampling draws from the window only
+        self.recorder.measuring = True
+        self.start = time.perf_counter()
+
+    def finish(self) -> dict[str, Any]:
+        rec = self.recorder
+        rec.measuring = False
+        wall = time.perf_counter() - self.start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime + after.ru_stime - self.usage.ru_utime - self.usage.ru_stime
+        steal = (sum(steal_ticks(self.cores)) - sum(self.stolen)) / CLOCK_TICKS
+        open_loop = self.open_loop is not None
+        counts = self.open_loop.counts() if self.open_loop else {"late": None, "dropped": None}
+        self.stop()
+        # a worker's process runs on one thread: its budget is one core, less what the
+        # hypervisor took from its cores meanwhile (spread over them)
+        available = wall - steal / max(1, len(self.cores))
+        return {
+            "index": self.share.index,
+            "host": socket.gethostname(),
+            "cores": len(self.cores),
+            "versions": versions(),
+            "requests": rec.replies,
+            "errors": rec.errors,
+            "first_error": rec.first_error,
+            "reply_bytes": rec.bytes,
+            "wall_s": round(wall, 4),
+            "client_cpu_s": round(cpu, 4),
+            "steal_s": round(steal, 4),
+            "client_cpu_share": round(cpu / available, 3) if available > 0 else 0.0,
+            "histogram": rec.corrected.encode(),
+            "uncorrected": rec.uncorrected.encode() if open_loop else None,
+            "samples": rec.samples,
+            **counts,
+        }
+
+    def stop(self) -> None:
+        if self.open_loop is not None:
+            self.open_loop.stop()
+            self.open_loop = None
+
+    def close(self) -> None:
+        self.stop()
+        self.env.events.request.remove_listener(self.recorder.on_request)
+        if self.ca_file is not None:
+            self.ca_file.unlink(missing_ok=True)
+
+
+class CellUser(User):
+    """The one user class master and workers share by name (Locust dispatches classes by
+    name): each instance drives a user of the current job's transport."""
+
+    job: ClassVar[Job | None] = None
+
+    def wait_time(self) -> float:
+        return 0.0
+
+    def on_start(self) -> None:
+        assert self.job is not None, "spawned before the master sent a plan"
+        self.inner = self.job.user_cls(self.environment)
+        self.inner.on_start()
+
+    def on_stop(self) -> None:
+        self.inner.on_stop()
+
+    @task
+    def predict(self) -> None:
+        self.inner.predict()
+
+
+class Worker:
+    """One connection to one master: the handlers of wiremark's messages."""
+
+    def __init__(self, master_host: str, master_port: int) -> None:
+        import locust.runners
+        from locust.env import Environment
+
+        locust.runners.WORKER_REPORT_INTERVAL = REPORT_INTERVAL
+        self.env = Environment(user_classes=[CellUser])
+        self.runner = self.env.create_worker_runner(master_host, master_port)
+        self.job: Job | None = None
+        for kind, handler in (
+            (MSG_PLAN, self.on_plan),
+            (MSG_OPEN, self.on_open),
+            (MSG_MEASURE, self.on_measure),
+            (MSG_FINISH, self.on_finish),
+            (MSG_REJOIN, self.on_rejoin),
+        ):
+            self.runner.register_message(kind, handler, concurrent=kind == MSG_PLAN)
+        self.env.events.report_to_master.add_listener(self.on_report)
+
+    def send(self, kind: str, data: dict[str, Any]) -> None:
+        self.runner.send_message(kind, data)
+
+    def on_plan(self, msg: Any, **_: Any) -> None:
+        if self.job is not None:
+            self.job.close()
+        share = Share(**msg.data["share"])
+        try:
+            self.job = Job(self.env, msg.data["cell"], share, msg.data.get("ca_pem"))
+            CellUser.job = self.job
+            wire: dict[str, Any] = {}
+            if share.wire_requests:
+                try:
+                    wire = wire_bytes(self.env, self.job.user_cls, share.wire_requests)
+                except RuntimeError as exc:  # the timed load records the same failure
+                    wire = {"wire_error": str(exc)[:300]}
+        except Exception as exc:  # a plan this worker cannot run: the master says why
+            self.send(MSG_READY, {"index": share.index, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        self.send(MSG_READY, {"index": share.index, "error": "", **wire})
+
+    def on_open(self, **_: Any) -> None:
+        assert self.job is not None
+        self.job.open()
+
+    def on_measure(self, **_: Any) -> None:
+        assert self.job is not None
+        self.job.begin()
+
+    def on_finish(self, **_: Any) -> None:
+        assert self.job is not None
+        self.send(MSG_RESULT, self.job.finish())
+
+    def on_rejoin(self, **_: Any) -> None:
+        from locust import __version__ as locust_version
+        from locust.rpc import Message
+
+        self.runner.client.send(Message("client_ready", locust_version, self.runner.client_id))
+
+    def on_report(self, data: dict[str, Any], **_: Any) -> None:
+        data[REPLIES] = self.job.recorder.replies if self.job is not None else 0
+
+    def run(self) -> None:
+        """Until the master says quit."""
+        self.runner.greenlet.join()
+        if self.job is not None:
+            self.job.close()
+            self.job = None
+        CellUser.job = None
+
+
+def exit_when_orphaned(parent: int) -> None:
+    """Exit once the process that started this one is gone (killed before it could stop
+    its workers): a local worker outliving its cell would load the next one's server."""
+    while os.getppid() == parent:
+        gevent.sleep(0.5)
+    os._exit(1)
+
+
+def serve(master: str, once: bool) -> int:
+    """Work for the master at `master`, cell after cell (or for one, `once`)."""
+    host, port = parse_address(master)
+    import locust.runners
+
+    # Locust gives up after CONNECT_RETRY_COUNT tries of CONNECT_TIMEOUT s each
+    locust.runners.CONNECT_RETRY_COUNT = int(CONNECT_TIMEOUT / locust.runners.CONNECT_TIMEOUT)
+    if once:  # a cell's local worker: it ends with the cell's process, however that ends
+        gevent.spawn(exit_when_orphaned, os.getppid())
+    while True:
+        try:
+            worker = Worker(host, port)
+        except ConnectionError:
+            print(
+                f"wiremark worker: no master answered at {master} within {CONNECT_TIMEOUT:.0f} s",
+                file=sys.stderr,
+            )
+            return 1
+        worker.run()
+        if once:
+            return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .worker_command import build_parser
+
+    args = build_parser().parse_args(argv)
+    try:
+        return serve(args.master, args.once)
+    except ValueError as exc:
+        print(f"wiremark worker: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
