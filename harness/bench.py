@@ -54,7 +54,7 @@ from . import scenario as scenarios
 from .arms import AB_BLOCKS, Arm, plan_arms
 from .clients import CONNECT_TIMEOUT, connect
 from .conformance import add_target_option, conform, parse_target
-from .execution import BenchError, Executor, Target
+from .execution import BenchError, Executor, Target, Workers
 from .launch import ServerProcess, ServerStartError, running
 from .record import SERVER_DOWN, References, failed_cell
 from .scenario import CellSpec, Scenario
@@ -179,6 +179,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the baseline servers' injected CPU per request (default 0)",
     )
     ab.add_argument("--seed", type=int, help="seed of the arms' order (default: random, recorded)")
+    load = p.add_argument_group(
+        "Load workers",
+        "Every cell runs on Locust's master/worker runners: its master on this host, its "
+        "workers local processes or `wiremark worker --master HOST:PORT` on other hosts; "
+        "their HdrHistograms merge at full resolution.",
+    )
+    load.add_argument(
+        "--load-processes",
+        type=int,
+        metavar="N",
+        help="local worker processes per cell (default: 1, and one more while a cell is "
+        "client-bound and load cores remain; 0 with --expect-workers)",
+    )
+    load.add_argument(
+        "--expect-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="wait for N workers from other hosts in every cell (with --master-bind)",
+    )
+    load.add_argument(
+        "--master-bind",
+        metavar="HOST:PORT",
+        help="where the workers connect (needed with --expect-workers; default: loopback, "
+        "a free port)",
+    )
+    load.add_argument(
+        "--worker-timeout",
+        type=non_negative,
+        default=30.0,
+        metavar="S",
+        help="seconds a cell waits for its workers (default: 30)",
+    )
     p.add_argument("--no-report", action="store_true", help="write results only")
     p.set_defaults(run=run)
 
@@ -411,8 +444,10 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
         index = 0
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wiremark-bench-")))
         # one executor per arm: each counts its own wire bytes and scales its own processes
+        workers = load_workers(args)
         executors = {
-            arm.name: Executor(scenario, client_cpus, len(client_cores), tmp) for arm in arms
+            arm.name: Executor(scenario, client_cpus, len(client_cores), tmp, workers)
+            for arm in arms
         }
         order = random.Random(seed)
         for trial in range(scenario.repeat):
@@ -481,6 +516,51 @@ def write_report(out: Path) -> Path:
     return report.render(report.arms(records.load(out / records.RESULTS_JSON)), out / "report.html")
 
 
+def load_workers(args: argparse.Namespace) -> Workers:
+    """Where every cell's load comes from (`run` has checked the options)."""
+    remote = args.expect_workers
+    local = args.load_processes if args.load_processes is not None else (0 if remote else 1)
+    return Workers(
+        local=local,
+        remote=remote,
+        master_bind=args.master_bind or "127.0.0.1:0",
+        timeout=args.worker_timeout,
+        fixed=args.load_processes is not None,
+    )
+
+
+def check_workers(args: argparse.Namespace) -> None:
+    """The load-worker options make sense together, or a UsageError says why."""
+    from wiremark.usage import UsageError
+
+    from .protocol import parse_address
+
+    if args.load_processes is not None and args.load_processes < 0:
+        raise UsageError("--load-processes must be 0 or more")
+    if args.expect_workers < 0:
+        raise UsageError("--expect-workers must be 0 or more")
+    if not args.worker_timeout:
+        raise UsageError("--worker-timeout must be more than 0")
+    if args.master_bind is not None:
+        try:
+            parse_address(args.master_bind, bind=True)
+        except ValueError as exc:
+            raise UsageError(f"--master-bind: {exc}") from None
+    if args.expect_workers:
+        if not args.target:
+            raise UsageError(
+                "--expect-workers: workers on other hosts need servers they can reach; "
+                "start them there and give --target TRANSPORT=HOST:PORT"
+            )
+        if args.master_bind is None or args.master_bind.endswith(":0"):
+            raise UsageError(
+                "--expect-workers needs --master-bind HOST:PORT with a fixed port, which "
+                "the workers are started with (wiremark worker --master HOST:PORT)"
+            )
+    if load_workers(args).local + args.expect_workers == 0:
+        raise UsageError("--load-processes 0 needs --expect-workers")
+
+
 def target_trust(args: argparse.Namespace, scenario: Scenario) -> Trust | None:
     """What clients verify --target servers against: `--tls-ca` (or the machine's store)
     when the scenario runs over TLS (a target speaks one setting, `run` checks)."""
@@ -515,6 +595,7 @@ def run(args: argparse.Namespace) -> int:
         scenario.repeat = args.repeat
     if args.target and (args.inject_delay_ms or args.inject_cpu_us):
         raise UsageError("--inject-* applies to servers bench starts, not to --target")
+    check_workers(args)
     arms = plan_arms(args)
     if len(arms) > 1 and args.repeat is None and scenario.repeat < AB_BLOCKS:
         scenario.repeat = AB_BLOCKS

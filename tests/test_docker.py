@@ -50,9 +50,16 @@ def test_compose_commands_parse():
     ]
     serves = [a for a in commands if a.command == "serve"]
     assert {a.transport for a in serves} == set(registry.names())  # every one but peers
-    (bench,) = [a for a in commands if a.command == "bench"]
+    benches = [a for a in commands if a.command == "bench"]
+    assert len(benches) == 2  # on one load container, and as the master of the workers
     # the load generator measures the quick scenario's servers, by service names and ports
     quick = scenarios.load("quick").transports
-    assert sorted(bench.target) == sorted(
-        (a.transport, f"{a.transport}:{a.port}") for a in serves if a.transport in quick
-    )
+    for bench in benches:
+        assert sorted(bench.target) == sorted(
+            (a.transport, f"{a.transport}:{a.port}") for a in serves if a.transport in quick
+        )
+    # the workers dial the master's service at the port it binds, and it waits for them
+    (master,) = [a for a in benches if a.expect_workers]
+    (worker,) = [a for a in commands if a.command == "worker"]
+    assert master.master_bind == "0.0.0.0:5557" and worker.master == "master:5557"
+    assert f"--scale worker={master.expect_workers}" in text

@@ -184,6 +184,7 @@ COMMANDS = {
     "calibrate": "wiremark.harness.calibrate",
     "overhead": "wiremark.harness.overhead",
     "peer": "wiremark.harness.peer",
+    "worker": "wiremark.harness.worker_command",
 }
 
 
