@@ -220,6 +220,7 @@ class Job:
     """This worker's part of one cell: its users' class, its recorder, its open loop."""
 
     def __init__(self, env: Any, cell: dict[str, Any], share: Share, ca_pem: str | None) -> None:
+        from wiremark.payloads import transport as registry
         from wiremark.payloads.contract import PixelEncoding
 
         from .cell import batch_for
@@ -227,6 +228,7 @@ class Job:
         from .users import Workload, user_class
 
         self.env, self.cell, self.share = env, cell, share
+        registry.get(cell["transport"])  # first: a look-up loads the plugins (their models too)
         workload = Workload()
         workload.model, workload.encoding = cell["model"], PixelEncoding(cell["encoding"])
         workload.batch = batch_for(cell["model"], cell["batch"])
