@@ -127,7 +127,7 @@ class WorkersMissing(CellError):
 
 
 WORKERS_MISSING_EXIT = 3  # the exit status of a cell whose workers did not all connect
-READY_TIMEOUT = 120.0  # s for every worker to build its users (and count wire bytes)
+READY_TIMEOUT = 75.0  # s for every worker to build its users (the wire pass: 60 s at most)
 RESULT_TIMEOUT = 15.0  # s for the workers' results after the window closes
 
 
