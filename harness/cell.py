@@ -173,6 +173,16 @@ class LocalWorkers:
                 return f"a local load worker exited ({proc.returncode}): {log.read()[-800:]}"
         return ""
 
+    def said(self) -> str:
+        """What the local workers have written to stderr so far, last lines first cut."""
+        parts = []
+        for i, log in enumerate(self.logs):
+            log.seek(0)
+            if text := log.read().strip():
+                parts.append(f"worker {i}: {text[-800:]}")
+            log.seek(0, 2)
+        return "; ".join(parts)
+
     def close(self) -> None:
         for proc in self.procs:
             try:
@@ -271,7 +281,11 @@ def run_cell(args: CellRequest) -> CellResult:
             data = {"cell": cell, "share": dataclasses.asdict(share), "ca_pem": ca_pem}
             master.send_message(MSG_PLAN, data, client_id=client_id)
         if not wait_until(lambda: len(ready) == len(ids), READY_TIMEOUT, local_failed):
-            raise CellError(f"{len(ids) - len(ready)} of {len(ids)} load workers never got ready")
+            said = local.said()
+            raise CellError(
+                f"{len(ids) - len(ready)} of {len(ids)} load workers never got ready"
+                f" within {READY_TIMEOUT:g} s" + (f" (local workers said: {said})" if said else "")
+            )
         for index, answer in sorted(ready.items()):
             if answer["error"]:
                 raise CellError(f"load worker {index}: {answer['error']}")

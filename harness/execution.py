@@ -6,7 +6,6 @@ remain."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,20 +155,6 @@ class Executor:
         except ValueError:
             raise BenchError(f"{spec.label()}: load process failed:\n{problem[-1500:]}") from None
 
-    def load_once_more(
-        self, spec: CellSpec, target: Target, rate: float | None, processes: int, wire: bool
-    ) -> Measured:
-        """`load`, run a second time when its process failed (a worker that never got
-        ready: seen about once in a few hundred cells here, not yet explained); a second
-        failure is the cell's."""
-        try:
-            return self.load(spec, target, rate, processes, wire)
-        except WorkersMissing:
-            raise
-        except BenchError as exc:
-            print(f"wiremark: {exc}; running the cell again", file=sys.stderr, flush=True)
-            return self.load(spec, target, rate, processes, wire)
-
     def measure(
         self,
         spec: CellSpec,
@@ -187,9 +172,7 @@ class Executor:
         wire = key not in self.wired
         while True:
             try:
-                got = self.load_once_more(
-                    spec, target, rate, processes, wire and processes == first
-                )
+                got = self.load(spec, target, rate, processes, wire and processes == first)
             except WorkersMissing:
                 raise
             except BenchError as exc:  # one broken cell does not end a long run

@@ -46,7 +46,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import gevent
+import locust.runners
 from locust import User, task
+from locust.stats import RequestStats
 
 from .histogram import Latencies
 from .protocol import (
@@ -345,29 +347,55 @@ class CellUser(User):
         self.inner.predict()
 
 
+class WorkerRunner(locust.runners.WorkerRunner):
+    """Locust's worker runner with wiremark's message handlers in place before it first
+    says client_ready. Locust's constructor connects, so handlers registered after it come
+    too late when this process is slow to be scheduled: the master's PLAN, sent as soon as
+    the master counts this worker, can arrive in the same read as the ack and is then
+    dropped as an unknown message, and the cell waits for a READY that never comes."""
+
+    def __init__(
+        self, env: Any, host: str, port: int, handlers: dict[str, tuple[Any, bool]]
+    ) -> None:
+        self.handlers = handlers
+        env.stats = RequestStats(use_response_times_cache=False)  # as create_worker_runner
+        env.runner = self  # a handler may run (and send) before the constructor returns
+        super().__init__(env, host, port)
+
+    def connect_to_master(self) -> None:  # called again on every retry
+        for kind, (handler, concurrent) in self.handlers.items():
+            if kind not in self.custom_messages:
+                self.register_message(kind, handler, concurrent=concurrent)
+        super().connect_to_master()
+
+
 class Worker:
     """One connection to one master: the handlers of wiremark's messages."""
 
     def __init__(self, master_host: str, master_port: int) -> None:
-        import locust.runners
         from locust.env import Environment
 
         locust.runners.WORKER_REPORT_INTERVAL = REPORT_INTERVAL
         self.env = Environment(user_classes=[CellUser])
-        self.runner = self.env.create_worker_runner(master_host, master_port)
         self.job: Job | None = None
-        for kind, handler in (
-            (MSG_PLAN, self.on_plan),
-            (MSG_OPEN, self.on_open),
-            (MSG_MEASURE, self.on_measure),
-            (MSG_FINISH, self.on_finish),
-            (MSG_REJOIN, self.on_rejoin),
-        ):
-            self.runner.register_message(kind, handler, concurrent=kind == MSG_PLAN)
         self.env.events.report_to_master.add_listener(self.on_report)
+        handlers = {
+            MSG_PLAN: (self.on_plan, True),  # builds users, may count wire bytes: not inline
+            MSG_OPEN: (self.on_open, False),
+            MSG_MEASURE: (self.on_measure, False),
+            MSG_FINISH: (self.on_finish, False),
+            MSG_REJOIN: (self.on_rejoin, False),
+        }
+        WorkerRunner(self.env, master_host, master_port, handlers)  # it is self.env.runner
+
+    @property
+    def connection(self) -> WorkerRunner:
+        """The runner, also while its constructor is still connecting (`WorkerRunner`)."""
+        assert isinstance(self.env.runner, WorkerRunner)
+        return self.env.runner
 
     def send(self, kind: str, data: dict[str, Any]) -> None:
-        self.runner.send_message(kind, data)
+        self.connection.send_message(kind, data)
 
     def on_plan(self, msg: Any, **_: Any) -> None:
         if self.job is not None:
@@ -403,14 +431,15 @@ class Worker:
         from locust import __version__ as locust_version
         from locust.rpc import Message
 
-        self.runner.client.send(Message("client_ready", locust_version, self.runner.client_id))
+        runner = self.connection
+        runner.client.send(Message("client_ready", locust_version, runner.client_id))
 
     def on_report(self, data: dict[str, Any], **_: Any) -> None:
         data[REPLIES] = self.job.recorder.replies if self.job is not None else 0
 
     def run(self) -> None:
         """Until the master says quit."""
-        self.runner.greenlet.join()
+        self.connection.greenlet.join()
         if self.job is not None:
             self.job.close()
             self.job = None
@@ -428,8 +457,6 @@ def exit_when_orphaned(parent: int) -> None:
 def serve(master: str, once: bool) -> int:
     """Work for the master at `master`, cell after cell (or for one, `once`)."""
     host, port = parse_address(master)
-    import locust.runners
-
     # Locust gives up after CONNECT_RETRY_COUNT tries of CONNECT_TIMEOUT s each
     locust.runners.CONNECT_RETRY_COUNT = int(CONNECT_TIMEOUT / locust.runners.CONNECT_TIMEOUT)
     if once:  # a cell's local worker: it ends with the cell's process, however that ends

@@ -5,6 +5,7 @@ namespace; a worker killed mid-cell; workers that never come."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -166,6 +167,24 @@ def test_workers_that_never_connect_stop_the_run_with_one_line(servers, tmp_path
     assert line in result.stderr, result.stderr[-2000:]
     assert f"wiremark worker --master {master}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_plan_that_arrives_with_the_ack_is_not_lost():
+    """Locust acks a worker the moment it says client_ready, and the cell's master sends
+    the plan as soon as it counts that worker. A worker not scheduled in between reads both
+    in one go; before its handlers were registered ahead of connecting, it dropped the plan
+    as an unknown message and the cell failed with "never got ready" (CI, a busy machine).
+    The eager master makes that order certain by stopping the worker meanwhile."""
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("eager_master.py"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["ready"] == [{"index": 0, "error": ""}], answer["stderr"]
+    assert "Unknown message type" not in answer["stderr"]
 
 
 @pytest.mark.parametrize(
