@@ -1,6 +1,7 @@
 """The arms of a bench run: one for a plain run; a baseline and a current one for an A/B
 run (`bench --ab`, or `--baseline-target` beside `--target`), each with the servers it
-measures. `harness/bench.py` interleaves their cells block by block."""
+measures. `harness/bench.py` runs each cell on both arms at once, interleaved by turns
+(`harness/cell.py`'s `Alternation`), and repeats the cells in blocks."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from wiremark.usage import UsageError
 # sign-flip test over n blocks reaches p = 2**-n at best: 5 blocks reach 0.031, which the
 # Benjamini-Hochberg adjustment over two rules can push past 0.05; 6 reach 0.016.
 AB_BLOCKS = 6
+# How long an arm's turn lasts inside an interleaved cell: long against a request (the turn
+# is its arm's alone, but for the requests in flight when it begins), short against the
+# seconds over which a shared machine's speed drifts (both arms see each second alike).
+AB_SLOT_MS = 250.0
 
 
 @dataclass(frozen=True)

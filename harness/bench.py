@@ -47,11 +47,11 @@ from wiremark.payloads import transport as registry
 from wiremark.payloads.errors import WiremarkError
 from wiremark.reports import records
 from wiremark.reports.records import ResultWriter
-from wiremark.usage import non_negative
+from wiremark.usage import non_negative, positive_number
 
 from . import environment as env
 from . import scenario as scenarios
-from .arms import AB_BLOCKS, Arm, plan_arms
+from .arms import AB_BLOCKS, AB_SLOT_MS, Arm, plan_arms
 from .clients import CONNECT_TIMEOUT, connect
 from .conformance import add_target_option, conform, parse_target
 from .execution import BenchError, Executor, Target, Workers
@@ -147,8 +147,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     ab = p.add_argument_group(
         "A/B runs",
-        "Measure a baseline arm beside the current one in one run, interleaved block by block "
-        f"(--repeat blocks, at least {AB_BLOCKS} unless asked); gate it with "
+        "Measure a baseline arm beside the current one in one run: each cell sends to both "
+        "arms' servers by turns, in slots whose order is drawn at random, and is repeated in "
+        f"--repeat blocks (at least {AB_BLOCKS} unless asked); gate it with "
         "`wiremark gate RESULTS`.",
     )
     ab.add_argument(
@@ -177,6 +178,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         metavar="US",
         help="the baseline servers' injected CPU per request (default 0)",
+    )
+    ab.add_argument(
+        "--ab-slot-ms",
+        type=positive_number,
+        default=AB_SLOT_MS,
+        metavar="MS",
+        help=f"how long each turn of an arm lasts (default {AB_SLOT_MS:g}; keep it many times "
+        "the slowest request's latency)",
     )
     ab.add_argument("--seed", type=int, help="seed of the arms' order (default: random, recorded)")
     load = p.add_argument_group(
@@ -367,7 +376,8 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
             "ab": {
                 "arms": {str(arm.name): arm.describe() for arm in arms},
                 "seed": seed,
-                "order": "per cell and block, at random",
+                "order": "interleaved in each cell: turns of slot_ms, each pair's order at random",
+                "slot_ms": args.ab_slot_ms,
             }
             if ab
             else None,
@@ -389,7 +399,9 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
         if external:
             trust = target_trust(args, scenario)
             targets = {
-                (arm.name, t, c, tls): Target(t, arm.external[t], None, trust if tls else None)
+                (arm.name, t, c, tls): Target(
+                    t, arm.external[t], None, trust if tls else None, arm.name
+                )
                 for arm in arms
                 for t in transports
                 for c in scenario.compression
@@ -404,7 +416,7 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
                 started_servers(arms, scenario, transports, server_cpus, certificates, say)
             )
             targets = {
-                key: Target(key[1], p.address, p.proc.pid if p.proc else None, p.trust)
+                key: Target(key[1], p.address, p.proc.pid if p.proc else None, p.trust, key[0])
                 for key, p in procs.items()
             }
             watch = Watch(procs, targets, stack, say)
@@ -443,12 +455,10 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
         stack.enter_context(progress)
         index = 0
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wiremark-bench-")))
-        # one executor per arm: each counts its own wire bytes and scales its own processes
-        workers = load_workers(args)
-        executors = {
-            arm.name: Executor(scenario, client_cpus, len(client_cores), tmp, workers)
-            for arm in arms
-        }
+        # an A/B run's arms share each cell (its load process sends to both by turns)
+        executor = Executor(
+            scenario, client_cpus, len(client_cores), tmp, load_workers(args), args.ab_slot_ms / 1e3
+        )
         order = random.Random(seed)
         for trial in range(scenario.repeat):
             # closed-loop rps per workload and transport, of the first arm (the baseline):
@@ -464,25 +474,35 @@ def execute(args: argparse.Namespace, scenario: Scenario, out: Path, arms: list[
                         progress.advance()
                     continue
                 reference = references.get(spec.model, spec.batch, spec.encoding)
-                for arm in order.sample(arms, len(arms)) if ab else arms:
-                    index += 1
+                cells = {}
+                up = []  # the arms whose server is there (a lost one's cells are not run)
+                for arm in arms:
                     server = server_key(arm.name, spec)
-                    if watch is not None and server in watch.down:  # lost: not run
+                    if watch is not None and server in watch.down:
                         cell = failed_cell(spec, trial, rate, "", reference)
                         cell["invalid_reasons"] = [f"{SERVER_DOWN}: {watch.down[server]}"]
                         cell["scaling"] = SERVER_DOWN
+                        cells[arm.name] = cell
                     else:
-                        cell = executors[arm.name].measure(
-                            spec,
-                            trial,
-                            rate,
-                            targets[server],
-                            reference,
-                            (arm.name, spec.model, spec.transport) in failed,
-                        )
-                        died = watch.check() if watch is not None else {}
-                        if server in died:
-                            mark_down(cell, died[server])
+                        up.append(arm)
+                if up:
+                    got = executor.measure(
+                        spec,
+                        trial,
+                        rate,
+                        [targets[server_key(arm.name, spec)] for arm in up],
+                        reference,
+                        [(arm.name, spec.model, spec.transport) in failed for arm in up],
+                        seed=order.randrange(2**32),
+                    )
+                    died = watch.check() if watch is not None else {}
+                    for arm, cell in zip(up, got, strict=True):
+                        if server_key(arm.name, spec) in died:
+                            mark_down(cell, died[server_key(arm.name, spec)])
+                        cells[arm.name] = cell
+                for arm in arms:
+                    index += 1
+                    cell = cells[arm.name]
                     if ab:
                         cell |= {"arm": arm.name, "block": trial}
                     writer.add_cell(cell)

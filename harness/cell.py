@@ -37,6 +37,19 @@ and how many finished (a worker lost mid-cell leaves the others to finish it); a
 counting TCP relay, and report the bytes on the wire per request each way (see
 `harness/worker.py`). A cell whose workers did not all connect exits with status 3 and one
 line naming how many came.
+
+**An interleaved A/B cell** (`--ab-address HOST:PORT`, the second arm's server, and
+`--ab-server-pid`): the same load goes to both servers by turns (`Alternation`). The master
+tells every worker which arm to send to, `--ab-slot` s at a time, in pairs of turns whose
+order is drawn at random (`--ab-seed`), from the warm-up to the end; every request counts
+for the arm it was sent to (in open loop: the arm of the time it was due), also when it
+returns in the other arm's turn. The window lasts whole pairs until each arm has had
+`--duration` s (and, with `--min-requests`, until there are that many replies per arm,
+up to `--max-duration` per arm). Each arm's result is its own: its histograms, its
+requests over the time it was sent to (rps), its server's CPU over the window, its wire
+bytes and samples; the load side's CPU is shared between the arms by their time. Prints
+`{"arms": [first, second]}`. Both arms then see the same seconds of a machine whose speed
+drifts, and their difference is the servers' (`reports/paired.py`).
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import random
 import subprocess
 import sys
 import tempfile
@@ -55,7 +69,7 @@ from typing import Any
 from wiremark.reports.records import LEAN, LIBRARY
 
 from .histogram import Latencies
-from .protocol import CellRequest, CellResult
+from .protocol import CellRequest, CellResult, arms_to_json
 
 WORKER_MODULE = "wiremark.harness.worker"
 
@@ -208,11 +222,53 @@ def wait_until(done: Any, timeout: float, check: Any = None) -> bool:
     return True
 
 
-def run_cell(args: CellRequest) -> CellResult:
+class Alternation:
+    """The slots of an interleaved A/B cell: every worker sends to one arm's server for
+    `slot` seconds, then to the other's, in pairs of slots whose order is drawn at random
+    (seeded), so that what the machine does at the scale of seconds falls on both arms
+    alike and an arm's place in a pair is chance. Counts each arm's time in measured slots."""
+
+    def __init__(self, switch: Any, slot: float, seed: int) -> None:
+        self.switch = switch  # switch(arm): tell every worker
+        self.slot = slot
+        self.rng = random.Random(seed)
+        self.counting = False
+        self.active = [0.0, 0.0]  # s each arm was sent to while counting
+        self.pairs = 0  # measured pairs
+
+    def pair(self) -> None:
+        import gevent
+
+        for arm in self.rng.sample((0, 1), 2):
+            self.switch(arm)
+            began = time.perf_counter()
+            gevent.sleep(self.slot)
+            if self.counting:
+                self.active[arm] += time.perf_counter() - began
+        self.pairs += self.counting
+
+    def warm(self, seconds: float) -> None:
+        """Whole pairs, at least one, until `seconds` have passed (not counted)."""
+        end = time.perf_counter() + seconds
+        self.pair()
+        while time.perf_counter() < end:
+            self.pair()
+
+    def measure(self, seconds: float) -> None:
+        """Whole pairs, counted, until each arm has had `seconds`."""
+        self.counting = True
+        self.pair()
+        while min(self.active) < seconds:
+            self.pair()
+
+
+def run_cell(args: CellRequest) -> list[CellResult]:
+    """The cell's result: one, or each arm's of an interleaved A/B cell (`ab_address`)."""
     import gevent
     from locust.env import Environment
 
     from .protocol import (
+        MSG_ARM,
         MSG_FINISH,
         MSG_MEASURE,
         MSG_OPEN,
@@ -264,9 +320,10 @@ def run_cell(args: CellRequest) -> CellResult:
             )
         ids = [client.id for client in master.clients.ready]
         plan = shares(len(ids), args.users, args.rate, args.sample, args.wire_requests)
+        addresses = [args.address] + ([args.ab_address] if args.ab_address else [])
         cell = {
             "transport": args.transport,
-            "address": args.address,
+            "addresses": addresses,
             "model": args.model,
             "batch": args.batch,
             "encoding": args.encoding,
@@ -289,26 +346,46 @@ def run_cell(args: CellRequest) -> CellResult:
         for index, answer in sorted(ready.items()):
             if answer["error"]:
                 raise CellError(f"load worker {index}: {answer['error']}")
-        watch = ServerWatch(args.server_pid)
-        if args.rate:
+        pids = [args.server_pid] + ([args.ab_server_pid] if args.ab_address else [])
+        watches = [ServerWatch(pid) for pid in pids]
+
+        def tell(kind: str, data: Any = None) -> None:
             for client_id in ids:
-                master.send_message(MSG_OPEN, client_id=client_id)
+                master.send_message(kind, data, client_id=client_id)
+
+        alternation = (
+            Alternation(lambda arm: tell(MSG_ARM, {"arm": arm}), args.ab_slot, args.ab_seed)
+            if args.ab_address
+            else None
+        )
+        if args.rate:
+            tell(MSG_OPEN)
         else:
             master.start(args.users, spawn_rate=min(max(args.users * 10, 10), 100))
-        gevent.sleep(args.warmup)
-        watch.begin()
-        for client_id in ids:
-            master.send_message(MSG_MEASURE, client_id=client_id)
+        if alternation:  # both arms warm, alike
+            alternation.warm(args.warmup)
+        else:
+            gevent.sleep(args.warmup)
+        for watch in watches:
+            watch.begin()
+        tell(MSG_MEASURE)
         start = time.perf_counter()
-        gevent.sleep(args.duration)
+        # `duration` and `min_requests` hold for each arm
+        arms = len(addresses)
+        if alternation:
+            alternation.measure(args.duration)
+        else:
+            gevent.sleep(args.duration)
         # slow cells run on until they have `--min-requests` replies, up to `--max-duration`
-        limit = start + max(args.duration, args.max_duration)
-        while sum(replies.values()) < args.min_requests and time.perf_counter() < limit:
-            gevent.sleep(min(0.25, max(0.0, limit - time.perf_counter())))
-        for client_id in ids:
-            master.send_message(MSG_FINISH, client_id=client_id)
+        limit = start + arms * max(args.duration, args.max_duration)
+        while sum(replies.values()) < arms * args.min_requests and time.perf_counter() < limit:
+            if alternation:
+                alternation.pair()
+            else:
+                gevent.sleep(min(0.25, max(0.0, limit - time.perf_counter())))
+        tell(MSG_FINISH)
         wall = time.perf_counter() - start
-        server = watch.end()
+        servers = [watch.end() for watch in watches]
 
         def settled() -> bool:  # every worker has answered, or is gone (missing, quit)
             alive = {c.id for c in master.clients.ready + master.clients.running}
@@ -319,7 +396,22 @@ def run_cell(args: CellRequest) -> CellResult:
         master.quit()
     finally:
         local.close()
-    return merge(results, len(ids), wall, server, ready.get(0, {}), bool(args.rate))
+    wire = ready.get(0, {}).get("wire") or [{} for _ in addresses]
+    if alternation is None:
+        return [merge(results, len(ids), wall, servers[0], wire[0], bool(args.rate))]
+    return [  # each arm over its own slots, the load side's CPU shared out by time
+        merge(
+            results,
+            len(ids),
+            active,
+            servers[arm],
+            wire[arm],
+            bool(args.rate),
+            arm=arm,
+            cpu_share=active / sum(alternation.active),
+        )
+        for arm, active in enumerate(alternation.active)
+    ]
 
 
 def merge(
@@ -327,21 +419,24 @@ def merge(
     planned: int,
     wall: float,
     server: dict[str, Any],
-    ready: dict[str, Any],
+    wire: dict[str, Any],
     open_loop: bool,
+    arm: int = 0,
+    cpu_share: float = 1.0,
 ) -> CellResult:
-    """The workers' results as the cell's: their histograms merged, counts and CPU summed,
-    each worker's own figures kept (and whether it was client-bound)."""
-    got = [results[i] for i in sorted(results)]
+    """The workers' results for one arm (one server) as the cell's: their histograms
+    merged, counts and CPU summed (the `cpu_share` of it that was this arm's), each worker's
+    own figures kept (and whether it was client-bound)."""
+    got = [results[i] | results[i]["arms"][arm] for i in sorted(results)]
     hist = Latencies.merged([r["histogram"] for r in got])
     uncorrected = Latencies.merged([r["uncorrected"] for r in got if r["uncorrected"]])
     n = hist.count
-    cpu = sum(r["client_cpu_s"] for r in got)
+    cpu = sum(r["client_cpu_s"] for r in got) * cpu_share
     workers = [
         {k: r[k] for k in WORKER_FIELDS} | {"client_bound": r["client_cpu_share"] >= CLIENT_BOUND}
         for r in got
     ]
-    first = results.get(0, {})
+    first = results[0]["arms"][arm] if 0 in results else {}  # the worker that samples
     return CellResult(
         requests=n,
         errors=sum(r["errors"] for r in got),
@@ -354,9 +449,9 @@ def merge(
         **server,
         late=sum(r["late"] or 0 for r in got) if open_loop else None,
         dropped=sum(r["dropped"] or 0 for r in got) if open_loop else None,
-        wire_up_bytes=ready.get("wire_up_bytes"),
-        wire_down_bytes=ready.get("wire_down_bytes"),
-        wire_error=ready.get("wire_error", ""),
+        wire_up_bytes=wire.get("wire_up_bytes"),
+        wire_down_bytes=wire.get("wire_down_bytes"),
+        wire_error=wire.get("wire_error", ""),
         steal_s=round(sum(r["steal_s"] for r in got), 4),
         first_error=next((r["first_error"] for r in got if r["first_error"]), ""),
         samples=first.get("samples", []),
@@ -435,13 +530,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--worker-timeout", type=float, default=30.0, help="s to wait for the workers"
     )
+    ab = parser.add_argument_group("an interleaved A/B cell: a second server, sent to by turns")
+    ab.add_argument("--ab-address", help="HOST:PORT of the second arm's server")
+    ab.add_argument("--ab-server-pid", type=int, default=None)
+    ab.add_argument("--ab-slot", type=float, default=0.25, help="s per arm per turn")
+    ab.add_argument("--ab-seed", type=int, default=0, help="seed of each pair's order")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     request = CellRequest.from_namespace(build_parser().parse_args(argv))
     try:
-        print(run_cell(request).to_json())
+        print(arms_to_json(run_cell(request)))
     except WorkersMissing as exc:
         print(f"wiremark cell: {exc}", file=sys.stderr)
         return WORKERS_MISSING_EXIT

@@ -30,6 +30,7 @@ class Target:
     address: str
     pid: int | None  # None: a server this run did not start (no CPU or memory figures)
     tls: Trust | None = None  # it serves TLS: clients verify it against this
+    arm: str | None = None  # the arm of an A/B run it serves
 
 
 @dataclass
@@ -53,10 +54,12 @@ def request(
     scenario: Scenario,
     wire: bool,
     workers: Workers | None = None,
+    other: Target | None = None,
 ) -> CellRequest:
     """One cell as its master process is asked for it: over `processes` local workers (and
     the remote ones); its master watches the server, its first worker samples replies and
-    (`wire`) counts wire bytes."""
+    (`wire`) counts wire bytes. With an `other` target, an interleaved A/B cell: both
+    servers sent to by turns (`ab_slot`, `ab_seed`)."""
     workers = workers or Workers()
     # an open loop sends `rate` a second whatever happens: give it the time its minimum
     # takes at that rate (and a margin), so a slow model's low rate can still be valid
@@ -87,6 +90,8 @@ def request(
         expect_workers=workers.remote,
         master_bind=workers.master_bind,
         worker_timeout=workers.timeout,
+        ab_address=other.address if other else None,
+        ab_server_pid=other.pid if other else None,
     )
 
 
@@ -129,15 +134,27 @@ class Executor:
     client_cores: int
     tmp: Path
     workers: Workers = field(default_factory=Workers)
-    # (workload, transport) -> wire bytes up, down: counted once per workload
+    slot: float = 0.25  # s per arm per turn in an interleaved A/B cell
+    # (workload, transport, arm) -> wire bytes up, down: counted once per workload and arm
     wired: dict[tuple[Any, ...], tuple[float | None, float | None]] = field(default_factory=dict)
 
     def load(
-        self, spec: CellSpec, target: Target, rate: float | None, processes: int, wire: bool
-    ) -> Measured:
-        """Run one cell over `processes` local workers (and the remote ones)."""
-        asked = request(spec, target, rate, processes, self.scenario, wire, self.workers)
-        limit = asked.max_duration + asked.warmup + asked.worker_timeout + READY_TIMEOUT + 60
+        self,
+        spec: CellSpec,
+        targets: list[Target],
+        rate: float | None,
+        processes: int,
+        wire: bool,
+        seed: int = 0,
+    ) -> list[Measured]:
+        """Run one cell over `processes` local workers (and the remote ones), against one
+        target or, interleaved, two; what each target answered."""
+        other = targets[1] if len(targets) > 1 else None
+        asked = request(spec, targets[0], rate, processes, self.scenario, wire, self.workers, other)
+        asked.ab_slot, asked.ab_seed = self.slot, seed
+        arms = len(targets)
+        limit = arms * asked.max_duration + asked.warmup + asked.worker_timeout
+        limit += READY_TIMEOUT + 60
         try:
             done = subprocess.run(
                 asked.argv(self.client_cpus), capture_output=True, text=True, timeout=limit
@@ -151,7 +168,7 @@ class Executor:
         try:
             if done.returncode != 0:
                 raise ValueError(f"exit {done.returncode}")
-            return measured(CellResult.from_output(done.stdout))
+            return [measured(r) for r in CellResult.arms_from_output(done.stdout)]
         except ValueError:
             raise BenchError(f"{spec.label()}: load process failed:\n{problem[-1500:]}") from None
 
@@ -160,50 +177,54 @@ class Executor:
         spec: CellSpec,
         trial: int,
         rate: float | None,
-        target: Target,
+        targets: list[Target],
         reference: Reference,
-        conformance_failed: bool,
-    ) -> dict[str, Any]:
-        """One cell, adding local load workers while it is client-bound and cores remain
-        (unless their number was fixed or the load is remote); the result-file cell, with
-        what scaling concluded."""
+        conformance_failed: list[bool],
+        seed: int = 0,
+    ) -> list[dict[str, Any]]:
+        """One cell on one target, or interleaved on two (an A/B run's arms), adding local
+        load workers while it is client-bound and cores remain (unless their number was
+        fixed or the load is remote); the result-file cell of each target, with what
+        scaling concluded."""
         first = processes = self.workers.local
-        key = (spec.workload, spec.transport)
-        wire = key not in self.wired
+        keys = [(spec.workload, spec.transport, t.arm) for t in targets]
+        wire = any(key not in self.wired for key in keys)
         while True:
             try:
-                got = self.load(spec, target, rate, processes, wire and processes == first)
+                got = self.load(spec, targets, rate, processes, wire and processes == first, seed)
             except WorkersMissing:
                 raise
             except BenchError as exc:  # one broken cell does not end a long run
-                return failed_cell(spec, trial, rate, str(exc), reference)
-            if processes == first and wire:
-                self.wired[key] = (got.wire_up_bytes, got.wire_down_bytes)
-            got.wire_up_bytes, got.wire_down_bytes = self.wired.get(key, (None, None))
-            cell = record(
-                spec,
-                trial,
-                rate,
-                got,
-                processes,
-                reference,
-                self.scenario,
-                conformance_failed,
-            )
-            if not cell["client_bound"]:
-                cell["scaling"] = (
-                    "server-bound"
-                    if processes == 1 and not self.workers.remote
-                    else f"server-bound with {got.workers_planned} load workers"
+                return [failed_cell(spec, trial, rate, str(exc), reference) for _ in targets]
+            cells = []
+            for key, one, failed in zip(keys, got, conformance_failed, strict=True):
+                if processes == first and wire:
+                    self.wired[key] = (one.wire_up_bytes, one.wire_down_bytes)
+                one.wire_up_bytes, one.wire_down_bytes = self.wired.get(key, (None, None))
+                cells.append(
+                    record(spec, trial, rate, one, processes, reference, self.scenario, failed)
                 )
-                return cell
+            if not any(cell["client_bound"] for cell in cells):
+                for cell, one in zip(cells, got, strict=True):
+                    cell["scaling"] = (
+                        "server-bound"
+                        if processes == 1 and not self.workers.remote
+                        else f"server-bound with {one.workers_planned} load workers"
+                    )
+                return cells
             if self.workers.fixed or self.workers.remote:
-                cell["scaling"] = "client-bound: the load workers asked for were not enough"
-                return cell
+                return scaled(cells, "client-bound: the load workers asked for were not enough")
             if processes >= self.client_cores:
-                cell["scaling"] = (
+                return scaled(
+                    cells,
                     f"client-bound: out of cores ({self.client_cores} for the load generator, "
-                    f"{processes} process{'es' if processes > 1 else ''})"
+                    f"{processes} process{'es' if processes > 1 else ''})",
                 )
-                return cell
             processes += 1
+
+
+def scaled(cells: list[dict[str, Any]], scaling: str) -> list[dict[str, Any]]:
+    """The cells of one load process, with what scaling concluded for it."""
+    for cell in cells:
+        cell["scaling"] = scaling
+    return cells

@@ -25,6 +25,7 @@ MSG_MEASURE = "wiremark_measure"
 MSG_FINISH = "wiremark_finish"
 MSG_RESULT = "wiremark_result"
 MSG_REJOIN = "wiremark_rejoin"  # master to an unknown worker: say client_ready again
+MSG_ARM = "wiremark_arm"  # master to worker, an interleaved A/B cell: send to this arm now
 REPLIES = "wiremark_replies"  # the key of the reply count in a worker's Locust report
 
 
@@ -57,6 +58,13 @@ class CellRequest:
     expect_workers: int = 0  # and this many from other hosts (`wiremark worker --master`)
     master_bind: str = "127.0.0.1:0"  # HOST:PORT where the workers connect
     worker_timeout: float = 30.0  # s to wait for them
+    # an interleaved A/B cell: a second arm's server, measured alternately with `address`
+    # in slots of `ab_slot` s, the order of each pair of slots drawn with `ab_seed`;
+    # `duration` and `min_requests` hold for each arm
+    ab_address: str | None = None
+    ab_server_pid: int | None = None
+    ab_slot: float = 0.25
+    ab_seed: int = 0
 
     def argv(self, cpus: str | None = None) -> list[str]:
         """The command that runs this request (pinned with taskset to `cpus`)."""
@@ -114,14 +122,33 @@ class CellResult:
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> CellResult:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
+    @classmethod
     def from_output(cls, stdout: str) -> CellResult:
         """The result on a cell process's last line of output (a ValueError if none)."""
+        return cls.arms_from_output(stdout)[0]
+
+    @classmethod
+    def arms_from_output(cls, stdout: str) -> list[CellResult]:
+        """Each arm's result, in the order of the request's addresses (`address`, then
+        `ab_address`): one for a plain cell (a ValueError if there is none)."""
         lines = stdout.strip().splitlines()
         if not lines:
             raise ValueError("the load process printed no result")
         doc = json.loads(lines[-1])
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in known})
+        return (
+            [cls.from_dict(arm) for arm in doc["arms"]] if "arms" in doc else [cls.from_dict(doc)]
+        )
+
+
+def arms_to_json(results: list[CellResult]) -> str:
+    """A cell's output line: one result, or each arm's of an interleaved A/B cell."""
+    if len(results) == 1:
+        return results[0].to_json()
+    return json.dumps({"arms": [dataclasses.asdict(r) for r in results]})
 
 
 @dataclass

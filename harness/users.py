@@ -69,6 +69,7 @@ class TransportUser(User):
     address: ClassVar[str] = "127.0.0.1:0"
     tls: ClassVar[Trust | None] = None  # over TLS, verifying the server against this
     workload: ClassVar[Workload] = Workload()
+    arm: ClassVar[int] = 0  # which arm of an interleaved A/B cell this server is
 
     @property
     def family(self) -> Family:
@@ -86,7 +87,9 @@ class TransportUser(User):
         (open loop): how late after `start` it was actually sent, for the listeners'
         uncorrected latency."""
         sample = self.workload.sampled()
-        context: dict[str, Any] = {} if behind_ms is None else {"behind_ms": behind_ms}
+        context: dict[str, Any] = {"arm": self.arm}
+        if behind_ms is not None:
+            context["behind_ms"] = behind_ms
         try:
             reply, timing = self.send(sample)
         except Exception as exc:
@@ -117,6 +120,7 @@ def user_class(
     workload: Workload,
     client: str = LEAN,
     tls: Trust | None = None,
+    arm: int = 0,
 ) -> type[TransportUser]:
     """A concrete user class for one target (Locust instantiates classes, not objects), on
     the Locust user of the transport's wire for the `client` library (`base.CLIENTS`), over
@@ -134,8 +138,55 @@ def user_class(
         "workload": workload,
         "transport": descriptor.name,
         "codec": descriptor.codec,
+        "arm": arm,
     }
     return type(f"{descriptor.name.title().replace('-', '')}User", (base,), attrs)
+
+
+class Clock:
+    """Which arm an interleaved A/B cell sends to now: the master says when it changes."""
+
+    def __init__(self) -> None:
+        self.arm = 0
+
+
+def alternating(arms: list[type[TransportUser]], clock: Clock) -> type[User]:
+    """A user that holds a connection to each arm's server and sends each request to the
+    arm the clock names: the closed loop's users and the open loop's connections alike.
+    A request in flight when the arm changes finishes on the arm it was sent to, and
+    counts there (each arm's users say so in their reports' context)."""
+
+    class AlternatingUser(User):
+        abstract = False
+        address = arms[0].address  # for the wire pass, which measures each arm on its own
+
+        def __init__(self, environment: Any) -> None:
+            super().__init__(environment)
+            self.inners = [cls(environment) for cls in arms]
+
+        def wait_time(self) -> float:
+            return 0.0
+
+        def on_start(self) -> None:
+            for inner in self.inners:
+                inner.on_start()
+
+        def on_stop(self) -> None:
+            for inner in self.inners:
+                inner.on_stop()
+
+        def request(
+            self, start: float, behind_ms: float | None = None, arm: int | None = None
+        ) -> None:
+            """One request to `arm` (the open loop's: the arm when it was due), or to the
+            arm of now."""
+            self.inners[clock.arm if arm is None else arm].request(start, behind_ms)
+
+        @task
+        def predict(self) -> None:
+            self.inners[clock.arm].predict()
+
+    return AlternatingUser
 
 
 class OpenLoop:
@@ -155,15 +206,18 @@ class OpenLoop:
     def __init__(
         self,
         environment: Any,
-        user_cls: type[TransportUser],
+        user_cls: type[Any],  # a TransportUser, or an `alternating` one (with `clock`)
         connections: int,
         rate: float,
         arrival: str = "constant",
         max_wait: float = 1.0,
         seed: int = 0,
         phase: float = 0.0,
+        clock: Clock | None = None,
     ) -> None:
         self.environment = environment
+        # interleaved A/B: each send goes to the arm of its due time, and counts there
+        self.clock = clock
         self.users = [user_cls(environment) for _ in range(max(1, connections))]
         self.free: Queue = Queue()
         self.rate = rate
@@ -171,8 +225,8 @@ class OpenLoop:
         self.max_wait = max_wait
         self.rng = np.random.default_rng(seed)
         self.phase = phase
-        self.late = 0
-        self.dropped = 0
+        self.late = [0, 0]  # per arm
+        self.dropped = [0, 0]
         self.greenlets = gevent.pool.Group()
         self.scheduler: gevent.Greenlet | None = None
 
@@ -198,24 +252,28 @@ class OpenLoop:
                 self.greenlets.spawn(self._send, due)
 
     def _send(self, due: float) -> None:
+        arm = self.clock.arm if self.clock else 0
         try:
             user = self.free.get(timeout=self.max_wait)
         except Empty:
-            self.dropped += 1
+            self.dropped[arm] += 1
             return
         try:
             behind = (time.perf_counter() - due) * 1000.0
             if behind > self.LATE_MS:
-                self.late += 1
-            user.request(due, max(0.0, behind))
+                self.late[arm] += 1
+            if self.clock:
+                user.request(due, max(0.0, behind), arm=arm)
+            else:
+                user.request(due, max(0.0, behind))
         finally:
             self.free.put(user)
 
     def reset_counts(self) -> None:
-        self.late = self.dropped = 0
+        self.late, self.dropped = [0, 0], [0, 0]
 
-    def counts(self) -> dict[str, int]:
-        return {"late": self.late, "dropped": self.dropped}
+    def counts(self, arm: int = 0) -> dict[str, int]:
+        return {"late": self.late[arm], "dropped": self.dropped[arm]}
 
     def stop(self) -> None:
         if self.scheduler is not None:

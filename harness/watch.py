@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .execution import Target
@@ -67,7 +67,7 @@ class Watch:
             return
         self.procs[key] = new
         pid = new.proc.pid if new.proc else None
-        self.targets[key] = Target(self.targets[key].transport, new.address, pid, new.trust)
+        self.targets[key] = replace(self.targets[key], address=new.address, pid=pid, tls=new.trust)
         self.say(f"wiremark: the {new.transport} server is back on {new.address}")
 
 

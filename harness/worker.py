@@ -7,20 +7,22 @@ cell master (`harness/cell.py`), records every latency in HdrHistograms and ship
 A worker connects to the master with Locust's own protocol (`WorkerRunner`) and is told
 what to do with wiremark's messages beside Locust's (`MSG_*`, `register_message`):
 
-1. PLAN (master to worker): the cell (transport, address, model, batch, TLS and its CA as
-   PEM text, so a worker on another host needs no files) and this worker's `Share`. The
-   worker builds its users and, when asked, first counts the bytes on the wire
-   (`wire_bytes`); it answers READY.
+1. PLAN (master to worker): the cell (transport, the server's address or, in an
+   interleaved A/B cell, each arm's; model, batch, TLS and its CA as PEM text, so a worker
+   on another host needs no files) and this worker's `Share`. The worker builds its users
+   and, when asked, first counts the bytes on the wire for each server (`wire_bytes`); it
+   answers READY.
 2. Closed loop: the master's runner spawns `CellUser`s over the workers (Locust's
    dispatcher). Open loop: OPEN starts this worker's `OpenLoop` at its share of the rate,
    its schedule offset by its index so the workers' sends interleave.
 3. MEASURE opens the measured window (warm-up is what came before, on every worker alike);
    the worker's Locust reports carry its reply count so far (`REPLIES`), for the master's
-   minimum-requests rule.
-4. FINISH closes it. The worker answers RESULT: its histograms encoded (`Latencies`), in
-   open loop one from the intended send times (corrected) and one from the actual sends
-   (uncorrected), its errors, its CPU and the CPU the hypervisor stole from its cores, its
-   host, cores and versions, and the replies it sampled for checking.
+   minimum-requests rule. In an interleaved A/B cell, ARM switches every user (and the
+   open loop's sends) to one arm's server, slot by slot, from warm-up to the end.
+4. FINISH closes it. The worker answers RESULT: per arm, its histograms encoded
+   (`Latencies`), in open loop one from the intended send times (corrected) and one from
+   the actual sends (uncorrected), its errors and the replies it sampled for checking; and
+   its CPU and the CPU the hypervisor stole from its cores, its host, cores and versions.
 5. The master's `quit` ends the cell: `--once` exits, otherwise the worker connects again
    for the next cell, whose master binds the same address.
 
@@ -52,6 +54,7 @@ from locust.stats import RequestStats
 
 from .histogram import Latencies
 from .protocol import (
+    MSG_ARM,
     MSG_FINISH,
     MSG_MEASURE,
     MSG_OPEN,
@@ -81,11 +84,10 @@ def versions() -> dict[str, str]:
     return out
 
 
-class Recorder:
-    """What this worker's users report through `events.request`, inside the window."""
+class ArmRecord:
+    """What one arm's server answered inside the window (a plain cell has one arm)."""
 
     def __init__(self, sample: int) -> None:
-        self.measuring = False
         self.corrected = Latencies()  # closed loop: the only one
         self.uncorrected = Latencies()  # open loop: from the actual send
         self.errors = 0
@@ -95,9 +97,36 @@ class Recorder:
         self.rng = random.Random(1)
         self.samples: list[dict[str, str]] = []
 
+    def keep(self, body: bytes, server_timing: str) -> None:
+        kept = {"body": base64.b64encode(body).decode(), "server_timing": server_timing}
+        if len(self.samples) < self.sample:
+            self.samples.append(kept)
+        else:  # a reservoir: an offered reply replaces a random one (see Workload.sampled)
+            self.samples[self.rng.randrange(self.sample)] = kept
+
+    def result(self, open_loop: bool) -> dict[str, Any]:
+        return {
+            "requests": self.corrected.count,
+            "errors": self.errors,
+            "first_error": self.first_error,
+            "reply_bytes": self.bytes,
+            "histogram": self.corrected.encode(),
+            "uncorrected": self.uncorrected.encode() if open_loop else None,
+            "samples": self.samples,
+        }
+
+
+class Recorder:
+    """What this worker's users report through `events.request`, inside the window, per
+    arm (the users' context says which)."""
+
+    def __init__(self, sample: int, arms: int = 1) -> None:
+        self.measuring = False
+        self.arms = [ArmRecord(sample) for _ in range(arms)]
+
     @property
     def replies(self) -> int:
-        return self.corrected.count
+        return sum(arm.corrected.count for arm in self.arms)
 
     def on_request(
         self,
@@ -109,26 +138,19 @@ class Recorder:
     ) -> None:
         if not self.measuring:
             return
+        arm = self.arms[context.get("arm", 0)]
         if exception is not None:
-            self.errors += 1
-            self.first_error = self.first_error or str(exception)[:300]
+            arm.errors += 1
+            arm.first_error = arm.first_error or str(exception)[:300]
             return
-        self.corrected.record(response_time)
+        arm.corrected.record(response_time)
         behind = context.get("behind_ms")
         if behind is not None:
-            self.uncorrected.record(response_time - behind)
-        self.bytes += response_length
+            arm.uncorrected.record(response_time - behind)
+        arm.bytes += response_length
         body = context.get("reply")
-        if body is None or not self.sample:
-            return
-        kept = {
-            "body": base64.b64encode(body).decode(),
-            "server_timing": context.get("server_timing") or "",
-        }
-        if len(self.samples) < self.sample:
-            self.samples.append(kept)
-        else:  # a reservoir: an offered reply replaces a random one (see Workload.sampled)
-            self.samples[self.rng.randrange(self.sample)] = kept
+        if body is not None and arm.sample:
+            arm.keep(body, context.get("server_timing") or "")
 
 
 class CountingRelay:
@@ -227,7 +249,7 @@ class Job:
 
         from .cell import batch_for
         from .tls import Trust
-        from .users import Workload, user_class
+        from .users import Clock, Workload, alternating, user_class
 
         self.env, self.cell, self.share = env, cell, share
         registry.get(cell["transport"])  # first: a look-up loads the plugins (their models too)
@@ -246,10 +268,16 @@ class Job:
                     out.write(ca_pem)
                 self.ca_file = Path(name)
             trust = Trust(self.ca_file)
-        self.user_cls = user_class(
-            cell["transport"], cell["address"], workload, cell["client"], trust
+        # one server, or each arm's of an interleaved A/B cell, sent to as the clock says
+        self.arm_classes = [
+            user_class(cell["transport"], address, workload, cell["client"], trust, arm)
+            for arm, address in enumerate(cell["addresses"])
+        ]
+        self.clock: Clock | None = Clock() if len(self.arm_classes) > 1 else None
+        self.user_cls: type[Any] = (
+            alternating(self.arm_classes, self.clock) if self.clock else self.arm_classes[0]
         )
-        self.recorder = Recorder(share.sample)
+        self.recorder = Recorder(share.sample, len(self.arm_classes))
         env.events.request.add_listener(self.recorder.on_request)
         self.open_loop: Any = None
         self.cores = sorted(os.sched_getaffinity(0))
@@ -269,8 +297,24 @@ class Job:
             self.cell["max_wait"],
             seed=self.share.seed,
             phase=self.share.phase,
+            clock=self.clock,
         )
         self.open_loop.start()
+
+    def switch(self, arm: int) -> None:
+        """An interleaved A/B cell: send to `arm` from now on."""
+        assert self.clock is not None, "an arm switch in a cell of one server"
+        self.clock.arm = arm
+
+    def wire_bytes(self) -> list[dict[str, Any]]:
+        """Each arm's bytes on the wire per request (or why they were not counted)."""
+        out = []
+        for cls in self.arm_classes:
+            try:
+                out.append(wire_bytes(self.env, cls, self.share.wire_requests))
+            except RuntimeError as exc:  # the timed load records the same failure
+                out.append({"wire_error": str(exc)[:300]})
+        return out
 
     def begin(self) -> None:
         self.stolen = steal_ticks(self.cores)
@@ -288,8 +332,12 @@ class Job:
         after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = after.ru_utime + after.ru_stime - self.usage.ru_utime - self.usage.ru_stime
         steal = (sum(steal_ticks(self.cores)) - sum(self.stolen)) / CLOCK_TICKS
-        open_loop = self.open_loop is not None
-        counts = self.open_loop.counts() if self.open_loop else {"late": None, "dropped": None}
+        open_loop = self.open_loop
+        arms = [
+            arm.result(open_loop is not None)
+            | (open_loop.counts(i) if open_loop else {"late": None, "dropped": None})
+            for i, arm in enumerate(rec.arms)
+        ]
         self.stop()
         # a worker's process runs on one thread: its budget is one core, less what the
         # hypervisor took from its cores meanwhile (spread over them)
@@ -299,18 +347,11 @@ class Job:
             "host": socket.gethostname(),
             "cores": len(self.cores),
             "versions": versions(),
-            "requests": rec.replies,
-            "errors": rec.errors,
-            "first_error": rec.first_error,
-            "reply_bytes": rec.bytes,
             "wall_s": round(wall, 4),
             "client_cpu_s": round(cpu, 4),
             "steal_s": round(steal, 4),
             "client_cpu_share": round(cpu / available, 3) if available > 0 else 0.0,
-            "histogram": rec.corrected.encode(),
-            "uncorrected": rec.uncorrected.encode() if open_loop else None,
-            "samples": rec.samples,
-            **counts,
+            "arms": arms,  # what each arm's server answered (one arm: a plain cell)
         }
 
     def stop(self) -> None:
@@ -384,6 +425,7 @@ class Worker:
             MSG_OPEN: (self.on_open, False),
             MSG_MEASURE: (self.on_measure, False),
             MSG_FINISH: (self.on_finish, False),
+            MSG_ARM: (self.on_arm, False),
             MSG_REJOIN: (self.on_rejoin, False),
         }
         WorkerRunner(self.env, master_host, master_port, handlers)  # it is self.env.runner
@@ -404,16 +446,11 @@ class Worker:
         try:
             self.job = Job(self.env, msg.data["cell"], share, msg.data.get("ca_pem"))
             CellUser.job = self.job
-            wire: dict[str, Any] = {}
-            if share.wire_requests:
-                try:
-                    wire = wire_bytes(self.env, self.job.user_cls, share.wire_requests)
-                except RuntimeError as exc:  # the timed load records the same failure
-                    wire = {"wire_error": str(exc)[:300]}
+            wire = self.job.wire_bytes() if share.wire_requests else []
         except Exception as exc:  # a plan this worker cannot run: the master says why
             self.send(MSG_READY, {"index": share.index, "error": f"{type(exc).__name__}: {exc}"})
             return
-        self.send(MSG_READY, {"index": share.index, "error": "", **wire})
+        self.send(MSG_READY, {"index": share.index, "error": "", "wire": wire})
 
     def on_open(self, **_: Any) -> None:
         assert self.job is not None
@@ -426,6 +463,10 @@ class Worker:
     def on_finish(self, **_: Any) -> None:
         assert self.job is not None
         self.send(MSG_RESULT, self.job.finish())
+
+    def on_arm(self, msg: Any, **_: Any) -> None:
+        assert self.job is not None
+        self.job.switch(msg.data["arm"])
 
     def on_rejoin(self, **_: Any) -> None:
         from locust import __version__ as locust_version

@@ -8,10 +8,12 @@
 Result files are `records.py`'s, schema 1 to 4. Cells are matched on `records.CELL_KEY`.
 Which observations a comparison has depends on the input (`paired.py` states each model):
 
-* **an A/B run** (`bench --ab`, `--baseline-target`): in every block each cell ran on both
-  arms back to back in a random order. The unit is the block: the per-block log-ratio of the
-  arms, tested with a one-sided sign-flip permutation test. Drift of the machine between
-  blocks falls on both arms alike and cancels; this is the mode for a shared CI runner.
+* **an A/B run** (`bench --ab`, `--baseline-target`): in every block each cell sent to both
+  arms' servers by turns (`harness/cell.py`'s `Alternation`: turns of a quarter second, each
+  pair's order drawn at random). The unit is the block: the per-block log-ratio of the arms,
+  tested with a one-sided sign-flip permutation test. Drift of the machine, within a cell
+  and between blocks, falls on both arms alike and cancels; this is the mode for a shared
+  CI runner.
 * **two files**: every trial (`bench --repeat N`) of a cell is one observation, tested with
   a one-sided Mann–Whitney U (exact distribution for small samples, ties included). Trials
   of one run agree more closely than two runs do, so drift between the runs reads as a

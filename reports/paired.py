@@ -1,15 +1,16 @@
 """The gate's statistics beside Mann–Whitney: the paired A/B test, the run-level test, and
 what each comparison could have detected.
 
-**A/B, one file (the unit is the block).** In block b a cell ran on both arms back to back,
-in an order drawn at random. For a rule's field let d_b = ln(current_b / baseline_b) (or,
-for a field that can be zero or negative, the difference over the baseline's median:
-`scaled`).
-The model is d_b = delta + e_b: a machine that drifts slowly compared with one block
+**A/B, one file (the unit is the block).** In block b a cell sent to both arms by turns
+(a quarter second each, in pairs whose order was drawn at random), so each arm's value of
+the block pools the same seconds of the machine. For a rule's field let
+d_b = ln(current_b / baseline_b) (or, for a field that can be zero or negative, the
+difference over the baseline's median: `scaled`).
+The model is d_b = delta + e_b: a machine that drifts slowly compared with one turn
 scales both arms of a block alike, so the drift cancels in d_b, and what remains, e_b, is
 independent between blocks and symmetric about 0. Under "no change" (delta = 0) every sign
-pattern of the d_b is as likely as the observed one, because the arms' order within a block
-was random; the test is the **sign-flip permutation test** of the mean of d (exact over all
+pattern of the d_b is as likely as the observed one, because which arm had which turns was
+random; the test is the **sign-flip permutation test** of the mean of d (exact over all
 2**n patterns up to `EXACT_BLOCKS` blocks, a seeded Monte Carlo of `MONTE_CARLO` patterns
 beyond). Its smallest attainable p is 2**-n: 5 blocks reach 0.031. The estimate is
 exp(mean d) - 1, with a Student-t interval on mean d (n - 1 degrees of freedom).

@@ -25,8 +25,10 @@ row each. Fields (schema_version 6; `load` reads 1 to 6):
                      Schema 1 had no such key: `load` supplies LEGACY_TRANSPORTS.
     settings         how each transport was run (server flavour, event loop, codecs, client)
     ab               an A/B run (`bench --ab`, `--baseline-target`): {"arms": {ARM: how its
-                     servers ran}, "seed": the order's seed, "order": "per cell and block"};
-                     null for a plain run. Schemas 1-3 had no such key.
+                     servers ran}, "seed": the order's seed, "order": how the arms were
+                     interleaved, "slot_ms": the length of an arm's turn inside a cell
+                     (runs before turns, which ran each cell on one arm after the other,
+                     lack it)}; null for a plain run. Schemas 1-3 had no such key.
     conformance      [{model, transport, inputs, mismatches: [str], worst, passed}]
     cells            [cell, ...] in the order they finished
 

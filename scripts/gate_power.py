@@ -5,12 +5,15 @@ share of real regressions it catches, for A/B runs and for separate runs side by
     python scripts/gate_power.py --evaluate DIR          # judge the runs of DIR again
 
 1. Calibrates: a plain `wiremark bench` of the power scenario (iris over JSON, 4 users,
-   closed loop) gives the iris request's server CPU and p50.
+   closed loop) gives the iris request's server CPU and p50; short A/B benches find the
+   injected delay that raises the p50 by 20% (a delay raises a saturated server's p50 by
+   less than itself).
 2. Runs A/B benches of three kinds, round robin, each `bench --ab --repeat BLOCKS` with
-   both arms' servers started by bench (so their CPU per request is measured): A/A (both
-   arms plain), CPU (the current arm burning 10% of the request's server CPU,
-   `--inject-cpu-us`) and p50 (the current arm waiting 20% of the p50, `--inject-delay-ms`).
-   `--comparisons` A/A runs, `--regressions` of each regression.
+   both arms' servers started by bench (so their CPU per request is measured), each cell
+   sending to both arms by turns: A/A (both arms plain), CPU (the current arm burning 10%
+   of the request's server CPU, `--inject-cpu-us`) and p50 (the current arm waiting the
+   calibrated delay, `--inject-delay-ms`). `--comparisons` A/A runs, `--regressions` of
+   each regression.
 3. Judges every run with the gate, under several rule sets:
    * A/B mode: `wiremark gate RUN` on each run's two arms;
    * separate runs: the baseline arm of one run against the current arm of another, as two
@@ -52,6 +55,8 @@ min_requests = 100
 """
 
 KINDS = ("aa", "cpu", "delay")
+CPU_RISE = 10  # per cent of the request's server CPU, burnt on top (--inject-cpu-us)
+P50_RISE = 20  # per cent the injected delay is to raise the p50 by (measured, as calibrated)
 RULE_SETS = {
     "default (p50:+5% rps:-5%)": gate.DEFAULT_RULES,
     "p99:+10% rps:-5% (the old default)": ("p99:+10%", "rps:-5%"),
@@ -71,16 +76,36 @@ def median_of(run: records.Run, column: str) -> float:
 
 
 def calibrate(out: Path, scenario: Path) -> dict[str, float]:
+    """The CPU regression from a plain bench's server CPU per request; the delay that
+    raises the p50 by P50_RISE, found by measuring: at saturation a server serves other
+    requests while one waits, so a delay raises the p50 by less than itself (nothing at
+    all while it is shorter than the other users' service times)."""
     result = bench("--scenario", scenario, "--repeat", "3", "--out", out / "calibrate")
     if result.returncode != 0:
         sys.exit(f"calibration bench failed:\n{result.stderr[-2000:]}")
     run = records.load(out / "calibrate")
     cpu_ms, p50_ms = median_of(run, "server_cpu_ms"), median_of(run, "p50_ms")
+    delay, rise = p50_ms * P50_RISE / 100, 0.0
+    for step in range(6):
+        dest = out / f"calibrate-delay-{step}"
+        ab = bench(
+            *("--scenario", scenario, "--repeat", "3", "--out", dest),
+            *("--ab", "--inject-delay-ms", f"{delay:.3f}"),
+        )
+        if ab.returncode != 0:
+            sys.exit(f"calibration bench failed:\n{ab.stderr[-2000:]}")
+        verdict = gate.evaluate_ab(records.load(dest), ("p50:+5%",))
+        rise = statistics.median(c.change_pct for c in verdict.comparisons)
+        print(f"  delay {delay:.3f} ms: p50 {rise:+.1f}%", flush=True)
+        if abs(rise - P50_RISE) <= P50_RISE / 5:
+            break
+        delay *= min(4.0, P50_RISE / max(rise, P50_RISE / 4))
     return {
         "server_cpu_ms": cpu_ms,
         "p50_ms": p50_ms,
-        "inject_cpu_us": round(cpu_ms * 1000 * 0.10, 1),
-        "inject_delay_ms": round(p50_ms * 0.20, 3),
+        "inject_cpu_us": round(cpu_ms * 1000 * CPU_RISE / 100, 1),
+        "inject_delay_ms": round(delay, 3),
+        "delay_p50_rise_pct": round(rise, 1),
     }
 
 
@@ -93,7 +118,7 @@ def measure(out: Path, comparisons: int, regressions: int, blocks: int, duration
     print(
         f"  iris/json: server CPU {cal['server_cpu_ms']:.3f} ms/request, p50 "
         f"{cal['p50_ms']:.2f} ms -> inject {cal['inject_cpu_us']} us CPU, "
-        f"{cal['inject_delay_ms']} ms delay",
+        f"{cal['inject_delay_ms']} ms delay (p50 {cal['delay_p50_rise_pct']:+.1f}%)",
         flush=True,
     )
     inject = {
@@ -216,9 +241,10 @@ def report(summary: dict[str, Any]) -> str:
     lines = [
         f"iris/json, 4 users, closed loop, {summary['blocks']} blocks per A/B comparison; "
         f"comparisons: {summary['comparisons']}",
-        f"regressions injected: CPU +{cal['inject_cpu_us']} us/request (10% of "
-        f"{cal['server_cpu_ms']:.3f} ms), delay +{cal['inject_delay_ms']} ms (20% of the "
-        f"p50 {cal['p50_ms']:.2f} ms)",
+        f"regressions injected: CPU +{cal['inject_cpu_us']} us/request ({CPU_RISE}% of "
+        f"{cal['server_cpu_ms']:.3f} ms), delay +{cal['inject_delay_ms']} ms (calibrated to "
+        f"raise the p50 by {P50_RISE}%: {cal.get('delay_p50_rise_pct', '?')}%; p50 "
+        f"{cal['p50_ms']:.2f} ms)",
         "measured (median A/B estimate): "
         + "; ".join(
             f"{kind}: " + ", ".join(f"{k} {v:+.1f}%" for k, v in eff.items())

@@ -31,7 +31,7 @@ from wiremark.harness.worker import CellUser
 # a plan the worker can build without reaching the server (no wire pass)
 CELL = {
     "transport": "json",
-    "address": "127.0.0.1:9",
+    "addresses": ["127.0.0.1:9"],
     "model": "iris",
     "batch": 1,
     "encoding": "raw",

@@ -394,7 +394,7 @@ def test_a_cell_on_two_local_workers_merges_their_histograms(servers, tmp_path):
     spec = scenarios.CellSpec("iris", "json", "closed", 4, None, None, 1, "raw", "none")
     scenario = scenarios.Scenario(duration_s=1.0, warmup_s=0.3, min_requests=10, sample=3)
     target = Target("json", servers["json"].address, servers["json"].proc.pid)
-    merged = Executor(scenario, None, 1, tmp_path).load(spec, target, None, 2, wire=False)
+    (merged,) = Executor(scenario, None, 1, tmp_path).load(spec, [target], None, 2, wire=False)
     sizes = [w["requests"] for w in merged.workers]
     assert merged.workers_planned == 2 and len(sizes) == 2 and all(n > 10 for n in sizes)
     assert merged.histogram.count == sum(sizes)

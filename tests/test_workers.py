@@ -183,7 +183,7 @@ def test_a_plan_that_arrives_with_the_ack_is_not_lost():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
-    assert answer["ready"] == [{"index": 0, "error": ""}], answer["stderr"]
+    assert [(r["index"], r["error"]) for r in answer["ready"]] == [(0, "")], answer["stderr"]
     assert "Unknown message type" not in answer["stderr"]
 
 

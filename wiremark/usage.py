@@ -45,6 +45,14 @@ def positive(text: str) -> int:
     return value
 
 
+def positive_number(text: str) -> float:
+    """A finite number > 0 (a duration)."""
+    value = non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
 def non_negative(text: str) -> float:
     """A finite number >= 0 (an injected delay or CPU cost)."""
     try:
