@@ -23,10 +23,12 @@
 
 An A/B run (`--ab`, or `--baseline-target` beside `--target`) measures two arms in one run:
 a baseline (main's servers, or servers started with the `--baseline-*` options) and the
-current build. In every block (`--repeat`, 6 by default) each cell runs on both arms back to
-back, in an order drawn at random for that cell and block (seeded, `--seed`), so drift of a
-shared machine falls on both arms alike; `wiremark gate RESULTS` compares the arms block by
-block. Open-loop cells run at the same rate on both arms (from the baseline's closed loop).
+current build. Each cell's load process sends to both arms' servers by turns
+(`--ab-slot-ms`, 250), each pair of turns in an order drawn at random (seeded, `--seed`), so
+the drift of a shared machine, from one second to the next, falls on both arms alike; the
+cells are repeated in blocks (`--repeat`, 10 by default) and `wiremark gate RESULTS` compares
+the arms block by block. Open-loop cells run at the same rate on both arms (from the
+baseline's closed loop).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import argparse
 import itertools
 import random
 import secrets
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -634,14 +637,17 @@ def run(args: argparse.Namespace) -> int:
                 if problem:
                     raise UsageError(f"{flag} {transport}={address}: {problem}")
     out = args.out or Path("wiremark-results") / env.run_id()
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         return execute(args, scenario, out, arms)
     except (BenchError, ServerStartError) as exc:
         print(f"wiremark: error: {exc}", file=sys.stderr)
         print(f"wiremark: cells finished so far are in {out}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"\nwiremark: interrupted; cells finished so far are in {out}", file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        how = "terminated" if terminated else "interrupted"
+        print(f"\nwiremark: {how}; cells finished so far are in {out}", file=sys.stderr)
         if not args.no_report and (out / records.RESULTS_JSON).exists():
             try:  # the finished cells are what the user asked to see; a second Ctrl-C skips it
                 print(f"wiremark: report of them: {write_report(out)}", file=sys.stderr)
@@ -649,4 +655,15 @@ def run(args: argparse.Namespace) -> int:
                 print("wiremark: interrupted again: no report", file=sys.stderr)
             except records.RecordError as exc:
                 print(f"wiremark: no report: {exc}", file=sys.stderr)
-        return 130
+        return 143 if terminated else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a cancelled CI job, `kill`): bench stops as on Ctrl-C, its servers and load
+    processes with it, rather than dying and leaving them running."""
+
+
+def terminate(signum: int, frame: Any) -> None:
+    raise Terminated

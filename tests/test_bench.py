@@ -131,7 +131,13 @@ def wait_for_a_cell(proc: subprocess.Popen[str], out: Path, timeout: float = 240
     raise AssertionError(f"bench wrote no cell within {timeout:.0f} s")
 
 
-def test_an_interrupted_run_keeps_the_finished_cells_and_reports_them(tmp_path):
+@pytest.mark.parametrize(
+    ("stop", "status", "word"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_an_interrupted_run_keeps_the_finished_cells_and_reports_them(tmp_path, stop, status, word):
+    """Ctrl-C, or SIGTERM (a cancelled CI job): the finished cells kept and reported, and no
+    server or load process left running."""
     # six cells: on a loaded machine this loop may see the first cell late, and the
     # interrupt must still land in a run that has cells to go
     text = TINY.replace("duration_s = 1.5", "duration_s = 2").replace("rate = [150]", "rate = []")
@@ -154,12 +160,12 @@ def test_an_interrupted_run_keeps_the_finished_cells_and_reports_them(tmp_path):
     try:
         wait_for_a_cell(proc, out)
         children = psutil.Process(proc.pid).children(recursive=True)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         _, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert proc.returncode == status, stderr[-2000:]
+    assert word in stderr and "Traceback" not in stderr
     run = records.load(out)
     assert 1 <= len(run.cells) < 6 and run.meta["finished"] is None
     assert all(c["requests"] > 0 for c in run.cells)
