@@ -1,8 +1,9 @@
 """How often the gate is wrong on this machine: false alarms on A/A comparisons, and the
 share of real regressions it catches, for A/B runs and for separate runs side by side.
 
-    python scripts/gate_power.py [--comparisons 20] [--blocks 6] [--out DIR]
+    python scripts/gate_power.py [--comparisons 20] [--blocks 10] [--out DIR]
     python scripts/gate_power.py --evaluate DIR          # judge the runs of DIR again
+    python scripts/gate_power.py --out DIR --resume      # finish a run that was cut short
 
 1. Calibrates: a plain `wiremark bench` of the power scenario (iris over JSON, 4 users,
    closed loop) gives the iris request's server CPU and p50; short A/B benches find the
@@ -32,6 +33,7 @@ import argparse
 import itertools
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wiremark.harness.arms import AB_BLOCKS
 from wiremark.reports import gate, records
 
 SCENARIO = """\
@@ -85,7 +88,8 @@ def calibrate(out: Path, scenario: Path) -> dict[str, float]:
         sys.exit(f"calibration bench failed:\n{result.stderr[-2000:]}")
     run = records.load(out / "calibrate")
     cpu_ms, p50_ms = median_of(run, "server_cpu_ms"), median_of(run, "p50_ms")
-    delay, rise = p50_ms * P50_RISE / 100, 0.0
+    delay = p50_ms * P50_RISE / 100
+    tried: dict[float, float] = {}  # delay (ms) -> the p50 rise it gave (%)
     for step in range(6):
         dest = out / f"calibrate-delay-{step}"
         ab = bench(
@@ -97,9 +101,16 @@ def calibrate(out: Path, scenario: Path) -> dict[str, float]:
         verdict = gate.evaluate_ab(records.load(dest), ("p50:+5%",))
         rise = statistics.median(c.change_pct for c in verdict.comparisons)
         print(f"  delay {delay:.3f} ms: p50 {rise:+.1f}%", flush=True)
+        tried[delay] = rise
         if abs(rise - P50_RISE) <= P50_RISE / 5:
             break
+        if len(tried) >= 2 and abs(rise - list(tried.values())[-2]) < P50_RISE / 5:
+            # the rise did not follow the delay: an event loop's timers are coarser than
+            # these delays (uvloop's are 1 ms), so any wait costs one turn of the loop
+            break
         delay *= min(4.0, P50_RISE / max(rise, P50_RISE / 4))
+    delay = min(tried, key=lambda d: abs(tried[d] - P50_RISE))
+    rise = tried[delay]
     return {
         "server_cpu_ms": cpu_ms,
         "p50_ms": p50_ms,
@@ -109,12 +120,26 @@ def calibrate(out: Path, scenario: Path) -> dict[str, float]:
     }
 
 
-def measure(out: Path, comparisons: int, regressions: int, blocks: int, duration: float) -> None:
+def finished(path: Path) -> bool:
+    return (path / records.RESULTS_JSON).exists() and bool(records.load(path).meta.get("finished"))
+
+
+def measure(
+    out: Path, comparisons: int, regressions: int, blocks: int, duration: float, resume: bool
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     scenario = out / "power.toml"
-    scenario.write_text(SCENARIO.format(duration=duration))
-    print(f"calibrating ({scenario}) ...", flush=True)
-    cal = calibrate(out, scenario)
+    walls: list[float] = []
+    if resume and (out / "measured.json").exists():
+        before = json.loads((out / "measured.json").read_text())
+        if before["blocks"] != blocks:
+            sys.exit(f"{out} was measured with {before['blocks']} blocks, not {blocks}")
+        cal, walls = before["calibration"], before["comparison_wall_s"]
+        print(f"resuming {out}: calibration {cal}", flush=True)
+    else:
+        scenario.write_text(SCENARIO.format(duration=duration))
+        print(f"calibrating ({scenario}) ...", flush=True)
+        cal = calibrate(out, scenario)
     print(
         f"  iris/json: server CPU {cal['server_cpu_ms']:.3f} ms/request, p50 "
         f"{cal['p50_ms']:.2f} ms -> inject {cal['inject_cpu_us']} us CPU, "
@@ -137,9 +162,11 @@ def measure(out: Path, comparisons: int, regressions: int, blocks: int, duration
             ):
                 plan.append((done[kind], kind))
                 done[kind] += 1
-    walls: list[float] = []
     for i, kind in plan:
         dest = out / f"{kind}-{i:02d}"
+        if resume and finished(dest):
+            continue
+        shutil.rmtree(dest, ignore_errors=True)  # a run cut short starts again
         start = time.monotonic()
         result = bench(
             *("--scenario", scenario, "--repeat", str(blocks), "--out", dest),
@@ -224,10 +251,11 @@ def evaluate(out: Path) -> dict[str, Any]:
         if per_run:
             spreads[column] = statistics.median(per_run)
     summary["block_spread"] = spreads
-    # blocks for a 10% change at alpha 0.05 (one-sided) with 95% power: ((z + z) s / ln 1.1)^2
+    # blocks for a 10% change at alpha 0.05 (one-sided) with 95% power: ((z + z) s / ln 1.1)^2,
+    # and never fewer than the sign-flip test's floor (5 blocks reach p = 2**-5 = 0.031)
     z = statistics.NormalDist().inv_cdf(0.95)
     summary["blocks_for_10pct"] = {
-        k: math.ceil(((2 * z) * v / math.log(1.1)) ** 2) for k, v in spreads.items()
+        k: max(5, math.ceil(((2 * z) * v / math.log(1.1)) ** 2)) for k, v in spreads.items()
     }
     walls = measured["comparison_wall_s"]
     summary["comparison_wall_s"] = statistics.median(walls) if walls else None
@@ -272,14 +300,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comparisons", type=int, default=20, help="A/A runs")
     parser.add_argument("--regressions", type=int, default=20, help="runs of each regression")
-    parser.add_argument("--blocks", type=int, default=6, help="blocks per A/B run")
+    parser.add_argument("--blocks", type=int, default=AB_BLOCKS, help="blocks per A/B run")
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per cell")
     parser.add_argument("--out", type=Path, default=Path("wiremark-results/gate-power"))
     parser.add_argument("--evaluate", type=Path, help="judge the runs of this folder again")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep --out's calibration and finished runs, measure only the runs still missing",
+    )
     args = parser.parse_args()
     out = args.evaluate or args.out
     if args.evaluate is None:
-        measure(out, args.comparisons, args.regressions, args.blocks, args.duration)
+        measure(out, args.comparisons, args.regressions, args.blocks, args.duration, args.resume)
     summary = evaluate(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(report(summary))
