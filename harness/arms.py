@@ -14,8 +14,11 @@ from wiremark.usage import UsageError
 
 # Blocks of an A/B run when neither the scenario nor --repeat asks for more. The gate's
 # sign-flip test over n blocks reaches p = 2**-n at best: 5 blocks reach 0.031, which the
-# Benjamini-Hochberg adjustment over two rules can push past 0.05; 6 reach 0.016.
-AB_BLOCKS = 6
+# Benjamini-Hochberg adjustment over two rules can push past 0.05. With 6, one block that
+# goes the other way (the p50 of iris over JSON here jumps between two modes now and then)
+# already costs the verdict: 6 blocks caught a +29% p50 rise 17 times in 20, and resampling
+# those blocks, 10 catch it every time (scripts/gate_power.py; docs/ci.md).
+AB_BLOCKS = 10
 # How long an arm's turn lasts inside an interleaved cell: long against a request (the turn
 # is its arm's alone, but for the requests in flight when it begins), short against the
 # seconds over which a shared machine's speed drifts (both arms see each second alike).

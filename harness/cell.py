@@ -223,10 +223,10 @@ def wait_until(done: Any, timeout: float, check: Any = None) -> bool:
 
 
 class Alternation:
-    """The slots of an interleaved A/B cell: every worker sends to one arm's server for
-    `slot` seconds, then to the other's, in pairs of slots whose order is drawn at random
+    """The turns of an interleaved A/B cell: every worker sends to one arm's server for
+    `slot` seconds, then to the other's, in pairs of turns whose order is drawn at random
     (seeded), so that what the machine does at the scale of seconds falls on both arms
-    alike and an arm's place in a pair is chance. Counts each arm's time in measured slots."""
+    alike and an arm's place in a pair is chance. Counts each arm's time in measured turns."""
 
     def __init__(self, switch: Any, slot: float, seed: int) -> None:
         self.switch = switch  # switch(arm): tell every worker

@@ -58,8 +58,8 @@ class CellRequest:
     expect_workers: int = 0  # and this many from other hosts (`wiremark worker --master`)
     master_bind: str = "127.0.0.1:0"  # HOST:PORT where the workers connect
     worker_timeout: float = 30.0  # s to wait for them
-    # an interleaved A/B cell: a second arm's server, measured alternately with `address`
-    # in slots of `ab_slot` s, the order of each pair of slots drawn with `ab_seed`;
+    # an interleaved A/B cell: a second arm's server, sent to by turns with `address`, a
+    # turn lasting `ab_slot` s, the order of each pair of turns drawn with `ab_seed`;
     # `duration` and `min_requests` hold for each arm
     ab_address: str | None = None
     ab_server_pid: int | None = None

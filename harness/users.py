@@ -158,7 +158,6 @@ def alternating(arms: list[type[TransportUser]], clock: Clock) -> type[User]:
 
     class AlternatingUser(User):
         abstract = False
-        address = arms[0].address  # for the wire pass, which measures each arm on its own
 
         def __init__(self, environment: Any) -> None:
             super().__init__(environment)

@@ -41,8 +41,9 @@ A cell (None where not measured):
 
     trial            0-based repetition (`bench --repeat N` runs the matrix N times)
     arm, block       an A/B run's arm (ARMS: "baseline" or "current") and block: in block
-                     b every cell ran on both arms back to back, in a random order; block
-                     equals trial. Both null in a plain run (and in schemas 1-3).
+                     b every cell sent to both arms by turns (earlier runs: back to back, in
+                     a random order); block equals trial. Both null in a plain run (and in
+                     schemas 1-3).
     model, transport  e.g. mnist, and a transport's name
     mode             "closed" (N users, no wait) or "open" (a target arrival rate)
     concurrency      closed loop: users; open loop: the most requests in flight allowed
