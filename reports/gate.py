@@ -840,9 +840,45 @@ def evaluate_ab(
                     f"{entry.get('model')}/{entry.get('transport')}",
                 )
             )
+    verdict.warnings += _long_requests(run, (base, cur))
     if not run.meta.get("finished"):
         verdict.warnings.append(Finding("run", "the A/B run did not finish; comparing its cells"))
     return _judge(verdict, current, None, _compare_blocks, include_client_bound, groups=(base, cur))
+
+
+# A turn of an interleaved A/B cell should last this many times the cell's p99 at least
+TURN_OVER_P99 = 10
+
+
+def _long_requests(
+    run: records.Run, groups: tuple[dict[Key, list[dict[str, Any]]], ...]
+) -> list[Finding]:
+    """Cells whose slow requests are long against the arms' turns (`ab.slot_ms`): a request
+    that outlasts its turn overlaps the other arm's, and the two servers share the machine
+    for a while, which blurs the comparison (alike for both arms: precision, not fairness)."""
+    ab = run.meta.get("ab")
+    slot_ms = ab.get("slot_ms") if isinstance(ab, dict) else None
+    if not isinstance(slot_ms, (int, float)) or slot_ms <= 0:
+        return []  # back-to-back cells (runs before the turns), or not recorded
+    found = []
+    for key in groups[0]:
+        p99s = [
+            float(c["p99_ms"])
+            for group in groups
+            for c in group.get(key, [])
+            if isinstance(c.get("p99_ms"), (int, float))
+        ]
+        if p99s and statistics.median(p99s) * TURN_OVER_P99 > slot_ms:
+            found.append(
+                Finding(
+                    "turns",
+                    f"the p99 ({statistics.median(p99s):.1f} ms) is over 1/{TURN_OVER_P99} of "
+                    f"a turn ({slot_ms:g} ms): requests outlast their arm's turn; give bench "
+                    "a longer --ab-slot-ms",
+                    cell_label(key),
+                )
+            )
+    return found
 
 
 _RUN = "_run"  # the index of the baseline run a cell came from (run-level comparisons)

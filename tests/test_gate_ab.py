@@ -187,6 +187,24 @@ def test_current_arm_conformance_fails_baseline_arm_warns(tmp_path: Path) -> Non
     assert [w.cell for w in verdict.warnings if w.kind == "baseline"] == ["iris/json"]
 
 
+def test_requests_long_against_the_turns_are_a_warning(tmp_path: Path) -> None:
+    """A cell whose p99 is over a tenth of the arms' turn gets a warning naming it and the
+    flag to lengthen the turns; short requests, and runs without turns, get none."""
+    doc = ab_doc(seed=9)
+    slowest = max(c["p99_ms"] for c in doc["cells"])  # face's, about 160 ms
+    doc["ab"] |= {"slot_ms": 20 * slowest}
+    assert not any(w.kind == "turns" for w in gate.evaluate_ab(load(doc, tmp_path, "a")).warnings)
+    for c in doc["cells"]:
+        if c["model"] == "iris" and c["transport"] == "json":
+            c["p99_ms"] = 4 * slowest
+    verdict = gate.evaluate_ab(load(doc, tmp_path, "b"), RULES)
+    turns = [w for w in verdict.warnings if w.kind == "turns"]
+    assert turns and {w.cell.split()[0] for w in turns if w.cell} == {"iris/json"}
+    assert f"{4 * slowest:.1f} ms" in turns[0].message and "--ab-slot-ms" in turns[0].message
+    del doc["ab"]["slot_ms"]  # a run from before the turns: its arms ran back to back
+    assert not any(w.kind == "turns" for w in gate.evaluate_ab(load(doc, tmp_path, "c")).warnings)
+
+
 def test_several_baseline_runs_take_drift_as_noise(tmp_path: Path) -> None:
     """Runs as the unit: a current run within the baselines' run-to-run drift passes; one
     far beyond it fails."""
