@@ -37,7 +37,6 @@ import argparse
 import itertools
 import random
 import secrets
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -61,6 +60,7 @@ from .execution import BenchError, Executor, Target, Workers
 from .launch import ServerProcess, ServerStartError, running
 from .record import SERVER_DOWN, References, failed_cell
 from .scenario import CellSpec, Scenario
+from .signals import TERMINATED_STATUS, Terminated, sigterm_unwinds
 from .tls import Certificates, Trust
 from .watch import Watch, mark_down
 
@@ -637,9 +637,9 @@ def run(args: argparse.Namespace) -> int:
                 if problem:
                     raise UsageError(f"{flag} {transport}={address}: {problem}")
     out = args.out or Path("wiremark-results") / env.run_id()
-    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return execute(args, scenario, out, arms)
+        with sigterm_unwinds():
+            return execute(args, scenario, out, arms)
     except (BenchError, ServerStartError) as exc:
         print(f"wiremark: error: {exc}", file=sys.stderr)
         print(f"wiremark: cells finished so far are in {out}", file=sys.stderr)
@@ -655,15 +655,4 @@ def run(args: argparse.Namespace) -> int:
                 print("wiremark: interrupted again: no report", file=sys.stderr)
             except records.RecordError as exc:
                 print(f"wiremark: no report: {exc}", file=sys.stderr)
-        return 143 if terminated else 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a cancelled CI job, `kill`): bench stops as on Ctrl-C, its servers and load
-    processes with it, rather than dying and leaving them running."""
-
-
-def terminate(signum: int, frame: Any) -> None:
-    raise Terminated
+        return TERMINATED_STATUS if terminated else 130

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from .loadgen import (
     placement,
     target,
 )
+from .signals import TERMINATED_STATUS, Terminated, sigterm_unwinds
 from .transports import driver, for_wire
 
 MODEL = "iris"
@@ -203,10 +203,8 @@ def run(args: argparse.Namespace) -> int:
         else "one core: servers and load generator unpinned, sharing it"
     )
     log(f"wiremark overhead: {MODEL}, {where}; {args.repeats} x {args.duration} s per measurement")
-    # SIGTERM unwinds like Ctrl-C, so every server started is stopped.
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        with tempfile.TemporaryDirectory(prefix="wiremark-overhead-") as tmp:
+        with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="wiremark-overhead-") as tmp:
             bench = Bench(Path(tmp), server_cpu, client_cpu, args.grpc_mode)
             built: list[InProcess] = []
             # the in-process model builds while the servers load
@@ -217,8 +215,8 @@ def run(args: argparse.Namespace) -> int:
     except (LoadError, ServerStartError) as exc:
         print(f"wiremark: error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except Terminated:
+        return TERMINATED_STATUS  # every server started is stopped by now
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:

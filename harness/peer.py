@@ -37,6 +37,8 @@ from typing import TextIO
 
 from wiremark.usage import UsageError
 
+from .signals import sigterm_unwinds
+
 MLSERVER_VERSION = "1.7.1"
 # MLServer 1.7.1's inference workers call asyncio.get_event_loop() before any loop runs;
 # uvloop 0.22 made that an error, so every worker dies and no model ever loads.
@@ -517,24 +519,22 @@ def _workers(text: str) -> int:
     return value
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
     models = check_models([n.strip() for n in args.models.split(",") if n.strip()])
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM unwinds like Ctrl-C
     serving = False
     try:
-        with start_mlserver(
-            args.home,
-            args.host,
-            args.port_rest,
-            args.port_grpc,
-            models,
-            args.workers,
-            args.ready_timeout,
-        ) as peer:
+        with (
+            sigterm_unwinds(),
+            start_mlserver(
+                args.home,
+                args.host,
+                args.port_rest,
+                args.port_grpc,
+                models,
+                args.workers,
+                args.ready_timeout,
+            ) as peer,
+        ):
             serving = True  # from here on, an interrupt is the way to stop
             for transport, where in peer.targets().items():
                 print(f"target: {transport}={where}")
@@ -555,5 +555,3 @@ def run(args: argparse.Namespace) -> int:
             print(tail, file=sys.stderr)
         print(f"wiremark: error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -868,11 +868,12 @@ def _long_requests(
             for c in group.get(key, [])
             if isinstance(c.get("p99_ms"), (int, float))
         ]
-        if p99s and statistics.median(p99s) * TURN_OVER_P99 > slot_ms:
+        p99 = statistics.median(p99s) if p99s else 0.0
+        if p99 * TURN_OVER_P99 > slot_ms:
             found.append(
                 Finding(
                     "turns",
-                    f"the p99 ({statistics.median(p99s):.1f} ms) is over 1/{TURN_OVER_P99} of "
+                    f"the p99 ({p99:.1f} ms) is over 1/{TURN_OVER_P99} of "
                     f"a turn ({slot_ms:g} ms): requests outlast their arm's turn; give bench "
                     "a longer --ab-slot-ms",
                     cell_label(key),

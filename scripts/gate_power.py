@@ -120,8 +120,12 @@ def calibrate(out: Path, scenario: Path) -> dict[str, float]:
     }
 
 
-def finished(path: Path) -> bool:
-    return (path / records.RESULTS_JSON).exists() and bool(records.load(path).meta.get("finished"))
+def finished(path: Path) -> records.Run | None:
+    """The run in `path` if it ran to its end."""
+    if not (path / records.RESULTS_JSON).exists():
+        return None
+    run = records.load(path)
+    return run if run.meta.get("finished") else None
 
 
 def measure(
@@ -204,10 +208,8 @@ def evaluate(out: Path) -> dict[str, Any]:
     runs: dict[str, list[records.Run]] = {kind: [] for kind in KINDS}
     for path in sorted(out.glob("*-[0-9][0-9]")):
         kind = path.name.rsplit("-", 1)[0]
-        if kind in runs and (path / records.RESULTS_JSON).exists():
-            run = records.load(path)
-            if run.meta.get("finished"):  # a run still going (or cut) is left out
-                runs[kind].append(run)
+        if kind in runs and (run := finished(path)):  # a run still going (or cut): left out
+            runs[kind].append(run)
     measured = json.loads((out / "measured.json").read_text())
     summary: dict[str, Any] = {"calibration": measured["calibration"], "rules": {}}
     for name, rules in RULE_SETS.items():
