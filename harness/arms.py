@@ -82,6 +82,9 @@ def plan_arms(args: argparse.Namespace) -> list[Arm]:
     if not ab:
         if args.baseline_inject_delay_ms or args.baseline_inject_cpu_us:
             raise UsageError("--baseline-inject-* options need an A/B run: add --ab")
+        for flag, given in (("--ab-slot-ms", args.ab_slot_ms), ("--seed", args.seed)):
+            if given is not None:  # the arms' turns and their order: nothing to do alone
+                raise UsageError(f"{flag} needs an A/B run: add --ab")
         return [Arm(None, current.delay_ms, current.cpu_us, current.external)]
     for arm in (current, baseline):
         if arm.external and (arm.delay_ms or arm.cpu_us):

@@ -185,7 +185,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ab.add_argument(
         "--ab-slot-ms",
         type=positive_number,
-        default=AB_SLOT_MS,
         metavar="MS",
         help=f"how long each turn of an arm lasts (default {AB_SLOT_MS:g}; keep it many times "
         "the slowest request's latency)",
@@ -622,6 +621,8 @@ def run(args: argparse.Namespace) -> int:
     arms = plan_arms(args)
     if len(arms) > 1 and args.repeat is None and scenario.repeat < AB_BLOCKS:
         scenario.repeat = AB_BLOCKS
+    if args.ab_slot_ms is None:
+        args.ab_slot_ms = AB_SLOT_MS
     if (args.target or args.baseline_target) and len(scenario.tls) > 1:
         raise UsageError(
             f"scenario {scenario.name!r}: a --target serves TLS or does not; "

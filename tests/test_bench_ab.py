@@ -127,6 +127,8 @@ def test_ab_run_against_running_servers(tmp_path: Path) -> None:
     [
         (["--baseline-target", "msgpack=127.0.0.1:9"], "on both arms or on neither"),
         (["--baseline-inject-cpu-us", "5"], "need an A/B run: add --ab"),
+        (["--ab-slot-ms", "100"], "--ab-slot-ms needs an A/B run: add --ab"),
+        (["--seed", "7"], "--seed needs an A/B run: add --ab"),
         (
             ["--ab", "--target", "msgpack=127.0.0.1:9", "--baseline-target", "json=127.0.0.1:9"],
             "must name the same transports",
